@@ -1,0 +1,262 @@
+"""Settings: an optional ``aiplus.toml`` with ``AIPLUS_*`` environment overrides.
+
+Precedence, lowest first: built-in defaults, the TOML file, environment variables, command-line flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+SECTORS = (
+    "agriculture",
+    "manufacturing",
+    "energy",
+    "construction",
+    "trade",
+    "transport",
+    "finance",
+    "ict",
+    "healthcare",
+    "education",
+    "public_administration",
+    "other",
+)
+
+ENGINE_KINDS = ("llamacpp", "openai", "simulated")
+REASONING_KINDS = (None, "deepseek-r1")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    engine: str = "llamacpp"
+    path: str | None = None  # llamacpp: a GGUF file; None means the embedded default model
+    upstreams: tuple[str, ...] = ()  # openai: base URLs such as http://gpu1:8000/v1
+    upstream_model: str | None = None  # the name the upstream knows the model by (default: id)
+    api_key_env: str | None = None  # environment variable holding the upstream's API key
+    max_concurrency: int = 1  # in-flight requests per replica
+    max_inflight_tokens: int | None = None  # optional cap on prompt+max_tokens in flight per replica
+    context_length: int | None = None
+    reasoning: str | None = None
+    embeddings: bool = True
+    n_threads: int | None = None
+    health_interval_s: float = 10.0
+    request_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    name: str
+    weight: float = 1.0
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    monthly_token_quota: int | None = None
+    max_concurrent: int | None = None
+    free_monthly_tokens: int = 0
+
+
+DEFAULT_TIERS = (
+    TierConfig(
+        "lifeline",
+        weight=2.0,
+        requests_per_minute=120,
+        tokens_per_minute=60_000,
+        monthly_token_quota=20_000_000,
+        max_concurrent=8,
+        free_monthly_tokens=2_000_000,
+    ),
+    TierConfig(
+        "standard",
+        weight=1.0,
+        requests_per_minute=600,
+        tokens_per_minute=200_000,
+        monthly_token_quota=200_000_000,
+        max_concurrent=32,
+    ),
+    TierConfig(
+        "batch",
+        weight=0.25,
+        requests_per_minute=60,
+        tokens_per_minute=500_000,
+        monthly_token_quota=1_000_000_000,
+        max_concurrent=16,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SchedulingConfig:
+    policy: str = "fair"  # "fair" (weighted VTC) or "fcfs"
+    w_in: float = 1.0
+    w_out: float = 2.0
+    queue_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    """Price of one million tokens in micro-units of the currency (integers: no floats in money)."""
+
+    model: str = "*"
+    input_per_mtok: int = 0
+    output_per_mtok: int = 0
+
+
+@dataclass(frozen=True)
+class AdoptionConfig:
+    min_requests: int = 10
+    window_days: int = 30
+    agent_use_requires_tools: bool = False
+    targets: tuple[tuple[str, float], ...] = (("2027-12-31", 0.70), ("2030-12-31", 0.90))
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: str = "~/.local/share/aiplus"
+    database_url: str | None = None  # default: SQLite under data_dir
+    redis_url: str | None = None
+    admin_token: str | None = None
+    secret: str | None = None  # HMAC key for API keys; generated and stored under data_dir when unset
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+    auth: bool = True
+    models: tuple[ModelConfig, ...] = ()
+    tiers: tuple[TierConfig, ...] = DEFAULT_TIERS
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    prices: tuple[PriceConfig, ...] = ()
+    adoption: AdoptionConfig = field(default_factory=AdoptionConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'aiplus.db'}"
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise ConfigError(f"unknown tier {name!r}; known tiers: {', '.join(t.name for t in self.tiers)}")
+
+    def model(self, model_id: str) -> ModelConfig | None:
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        return None
+
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+_ENV_SCALARS = {
+    "AIPLUS_HOST": ("host", str),
+    "AIPLUS_PORT": ("port", int),
+    "AIPLUS_WORKERS": ("workers", int),
+    "AIPLUS_DATA_DIR": ("data_dir", str),
+    "AIPLUS_DATABASE_URL": ("database_url", str),
+    "AIPLUS_REDIS_URL": ("redis_url", str),
+    "AIPLUS_ADMIN_TOKEN": ("admin_token", str),
+    "AIPLUS_SECRET": ("secret", str),
+    "AIPLUS_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "AIPLUS_LOG_LEVEL": ("log_level", str),
+}
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _model(raw: dict[str, Any], index: int) -> ModelConfig:
+    where = f"[[models]] #{index + 1}"
+    if "id" not in raw:
+        raise ConfigError(f"{where}: 'id' is required")
+    model = _build(ModelConfig, raw, where)
+    if model.engine not in ENGINE_KINDS:
+        raise ConfigError(f"{where}: engine must be one of {', '.join(ENGINE_KINDS)}, not {model.engine!r}")
+    if model.engine == "openai" and not model.upstreams:
+        raise ConfigError(f"{where}: an 'openai' engine needs at least one entry in 'upstreams'")
+    if model.reasoning not in REASONING_KINDS:
+        raise ConfigError(f"{where}: reasoning must be 'deepseek-r1' or absent, not {model.reasoning!r}")
+    if model.max_concurrency < 1:
+        raise ConfigError(f"{where}: max_concurrency must be >= 1")
+    return model
+
+
+def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None, **overrides) -> Settings:
+    """Read settings from the TOML file (if any), then ``AIPLUS_*`` variables, then keyword overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = path or env.get("AIPLUS_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    server = dict(raw.pop("server", {}))
+    models = tuple(_model(m, i) for i, m in enumerate(raw.pop("models", [])))
+    tiers_raw = raw.pop("tiers", None)
+    tiers = DEFAULT_TIERS
+    if tiers_raw is not None:
+        merged = {t.name: t for t in DEFAULT_TIERS}
+        for name, values in tiers_raw.items():
+            base = merged.get(name, TierConfig(name))
+            merged[name] = replace(base, **_build(TierConfig, {"name": name, **values}, f"[tiers.{name}]").__dict__)
+        tiers = tuple(merged.values())
+    scheduling = _build(SchedulingConfig, raw.pop("scheduling", {}), "[scheduling]")
+    if scheduling.policy not in ("fair", "fcfs"):
+        raise ConfigError(f"[scheduling]: policy must be 'fair' or 'fcfs', not {scheduling.policy!r}")
+    prices = tuple(_build(PriceConfig, p, "[[prices]]") for p in raw.pop("prices", []))
+    adoption_raw = dict(raw.pop("adoption", {}))
+    if "targets" in adoption_raw:
+        adoption_raw["targets"] = tuple((str(k), float(v)) for k, v in adoption_raw["targets"].items())
+    adoption = _build(AdoptionConfig, adoption_raw, "[adoption]")
+    server.update(raw)  # top-level scalars are accepted as server settings too
+
+    values: dict[str, Any] = {k: v for k, v in server.items()}
+    for var, (name, cast) in _ENV_SCALARS.items():
+        if env.get(var):
+            try:
+                values[name] = cast(env[var])
+            except ValueError:
+                raise ConfigError(f"{var}: expected {cast.__name__}, got {env[var]!r}") from None
+    env_policy = env.get("AIPLUS_SCHEDULING_POLICY")
+    if env_policy:
+        scheduling = replace(scheduling, policy=env_policy)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = _build(
+        Settings,
+        {**values, "models": models, "tiers": tiers, "scheduling": scheduling, "prices": prices, "adoption": adoption},
+        "[server]",
+    )
+    if not settings.models:
+        settings = replace(settings, models=(ModelConfig(id=DEFAULT_MODEL_ID, engine="llamacpp"),))
+    return settings

@@ -1,0 +1,137 @@
+"""The one small interface every engine implements, and the values that cross it."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from aiplus.config import ModelConfig
+
+
+class EngineError(Exception):
+    """An engine could not serve a request. ``status`` maps to the HTTP answer."""
+
+    status = 503
+    type = "service_unavailable"
+    code: str | None = "engine_unavailable"
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        if param is not None:
+            self.param = param
+
+
+class ContextLengthError(EngineError):
+    status = 400
+    type = "invalid_request_error"
+    code = "context_length_exceeded"
+    param = "messages"
+
+
+class UnsupportedError(EngineError):
+    status = 400
+    type = "invalid_request_error"
+    code = "unsupported_parameter"
+
+
+class UpstreamError(EngineError):
+    """The upstream answered with an error of its own; passed on with its status when it is a client error."""
+
+    def __init__(self, message: str, status: int = 502, type: str = "upstream_error", code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message, param=param)
+        self.status = status
+        self.type = type
+        self.code = code
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """A validated chat or text completion request, as an engine sees it."""
+
+    request_id: str
+    model: str
+    kind: str  # "chat" or "completion"
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # other OpenAI fields, passed to upstream engines as-is
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of a generation. ``tokens`` is how many completion tokens this piece accounts for."""
+
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    tokens: int = 0
+    prompt_tokens: int | None = None  # set on the last delta when the engine reports exact usage
+    completion_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class Engine(abc.ABC):
+    """Serves one model. Engines generate; they know nothing of orgs, limits or money."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+
+    @property
+    def replicas(self) -> int:
+        return 1
+
+    @property
+    def capacity(self) -> int:
+        """Requests that may run at once across all replicas."""
+        return self.replicas * self.config.max_concurrency
+
+    @property
+    def context_length(self) -> int | None:
+        return self.config.context_length
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load weights or open connections; called once at server start."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``start`` took."""
+
+    def healthy(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens of ``request`` (exact where the engine has the tokenizer, else an estimate).
+
+        Raises ContextLengthError when the prompt cannot fit the model's context.
+        """
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the answer. Closing the iterator early (``aclose``) must stop the engine's work for it."""
+
+    async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
+        raise UnsupportedError(f"model {self.config.id!r} does not serve embeddings", param="model")
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters a token), for engines without the model's tokenizer."""
+    return max(1, (len(text) + 3) // 4)

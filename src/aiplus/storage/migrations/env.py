@@ -1,0 +1,8 @@
+from alembic import context
+
+from aiplus.storage.tables import metadata
+
+engine = context.config.attributes["engine"]
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    context.run_migrations()

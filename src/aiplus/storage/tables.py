@@ -1,0 +1,100 @@
+"""The database schema (SQLAlchemy Core). Every change here needs an Alembic migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+orgs = sa.Table(
+    "orgs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("sector", sa.String(32), nullable=False),
+    sa.Column("region", sa.String(100), nullable=False, server_default=""),
+    sa.Column("employees", sa.Integer, nullable=True),
+    sa.Column("size_class", sa.String(8), nullable=True),  # micro, small, medium, large
+    sa.Column("tier", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("prefix", sa.String(16), nullable=False),  # shown to people: "aip_AbCd"
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # hex HMAC-SHA256 of the key
+    sa.Column("models", sa.Text, nullable=True),  # JSON list of allowed model ids; NULL = all
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),  # "server_secret", "admin_token_digest"
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+usage_events = sa.Table(
+    "usage_events",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),  # unique: inserting twice is a no-op
+    sa.Column("org_id", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(40), nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(32), nullable=False, server_default="chat"),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # ok, error, cancelled, rejected
+    sa.Column("used_tools", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ttft_ms", sa.Integer, nullable=True),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Index("ix_usage_events_org_started", "org_id", "started_at"),
+    sa.Index("ix_usage_events_started", "started_at"),
+)
+
+# One row per (day, org, model, status): reports and adoption read this, never the raw events.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("tool_requests", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Index("ix_usage_daily_org_day", "org_id", "day"),
+)
+
+# All organizations in scope of the adoption measure, users or not (the denominator).
+register_orgs = sa.Table(
+    "register_orgs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # matches orgs.id for organizations that are tenants
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("sector", sa.String(32), nullable=False, index=True),
+    sa.Column("region", sa.String(100), nullable=False),
+    sa.Column("employees", sa.Integer, nullable=False),
+    sa.Column("size_class", sa.String(8), nullable=False),
+)
+
+# Penetration figures from outside (surveys, statistics offices) to overlay and to fit on.
+adoption_observations = sa.Table(
+    "adoption_observations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sector", sa.String(32), nullable=False),
+    sa.Column("date", sa.Date, nullable=False),
+    sa.Column("penetration", sa.Float, nullable=False),  # a share in [0, 1]; not money
+    sa.Column("source", sa.String(200), nullable=False),
+)

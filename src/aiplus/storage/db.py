@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -42,3 +44,13 @@ def alembic_config(engine: sa.Engine) -> Config:
 def migrate(engine: sa.Engine) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     command.upgrade(alembic_config(engine), "head")
+
+
+@contextlib.contextmanager
+def transaction(conn: sa.Connection) -> Iterator[None]:
+    """Join the caller's transaction if one is open, else run in a new one that commits on success."""
+    if conn.in_transaction():
+        yield
+    else:
+        with conn.begin():
+            yield

@@ -1,0 +1,125 @@
+"""Usage events and their idempotent insertion into the ledger with the daily rollup in the same transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from aiplus.storage.db import transaction
+from aiplus.storage.tables import usage_daily, usage_events
+
+ENDPOINTS = ("chat", "completion", "embedding")
+STATUSES = ("ok", "error", "cancelled", "rejected")
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One request, as metered: written once per ``request_id`` however often it is recorded."""
+
+    request_id: str
+    org_id: str
+    key_id: str | None
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    status: str
+    used_tools: bool
+    started_at: datetime
+    ttft_ms: int | None
+    duration_ms: int
+    cost_micros: int
+
+    def to_row(self) -> dict:
+        started = self.started_at
+        if started.tzinfo is None:
+            raise ValueError(f"usage event {self.request_id}: started_at must be timezone-aware")
+        return {
+            "request_id": self.request_id,
+            "org_id": self.org_id,
+            "key_id": self.key_id,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "prompt_tokens": int(self.prompt_tokens),
+            "completion_tokens": int(self.completion_tokens),
+            "status": self.status,
+            "used_tools": bool(self.used_tools),
+            "started_at": started.astimezone(UTC),
+            "ttft_ms": None if self.ttft_ms is None else int(self.ttft_ms),
+            "duration_ms": int(self.duration_ms),
+            "cost_micros": int(self.cost_micros),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> UsageEvent:
+        started = row["started_at"]
+        if isinstance(started, str):
+            started = datetime.fromisoformat(started)
+        if started.tzinfo is None:  # SQLite hands back naive datetimes; the ledger stores UTC only
+            started = started.replace(tzinfo=UTC)
+        return cls(**{**{k: row[k] for k in _FIELDS}, "started_at": started})
+
+
+_FIELDS = tuple(UsageEvent.__slots__)
+
+
+def _insert(conn: sa.Connection, table: sa.Table):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
+    """Insert events (a ``request_id`` seen before is a no-op) and add the new ones to ``usage_daily``.
+
+    Both happen in one transaction, so the rollups always equal the sums of the raw rows. Returns how
+    many events were new. Works on SQLite (3.35+) and PostgreSQL.
+    """
+    rows: dict[str, dict] = {}
+    for event in events:
+        rows.setdefault(event.request_id, event.to_row())
+    if not rows:
+        return 0
+    with transaction(conn):
+        stmt = _insert(conn, usage_events).on_conflict_do_nothing(index_elements=["request_id"])
+        inserted = (
+            conn.execute(stmt.returning(usage_events.c.request_id), list(rows.values())).scalars().all()
+        )
+        if inserted:
+            _add_to_rollups(conn, [rows[rid] for rid in inserted])
+    return len(inserted)
+
+
+def _add_to_rollups(conn: sa.Connection, rows: list[dict]) -> None:
+    sums: dict[tuple[date, str, str, str], list[int]] = {}
+    for row in rows:
+        key = (row["started_at"].date(), row["org_id"], row["model"], row["status"])
+        acc = sums.setdefault(key, [0, 0, 0, 0, 0])
+        acc[0] += 1
+        acc[1] += 1 if row["used_tools"] else 0
+        acc[2] += row["prompt_tokens"]
+        acc[3] += row["completion_tokens"]
+        acc[4] += row["cost_micros"]
+    params = [
+        {
+            "day": day,
+            "org_id": org,
+            "model": model,
+            "status": status,
+            "requests": acc[0],
+            "tool_requests": acc[1],
+            "prompt_tokens": acc[2],
+            "completion_tokens": acc[3],
+            "cost_micros": acc[4],
+        }
+        for (day, org, model, status), acc in sorted(sums.items())  # one order everywhere: no deadlocks
+    ]
+    stmt = _insert(conn, usage_daily)
+    counters = ("requests", "tool_requests", "prompt_tokens", "completion_tokens", "cost_micros")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day", "org_id", "model", "status"],
+        set_={name: usage_daily.c[name] + stmt.excluded[name] for name in counters},
+    )
+    conn.execute(stmt, params)

@@ -1,0 +1,301 @@
+"""Gateway overhead (issue 6): the fake upstream direct, through aiplus and through LiteLLM proxy, one run.
+
+Starts a fast fake OpenAI upstream, aiplus and LiteLLM proxy (each in its own process, loopback only),
+then drives each with the same closed-loop load generator at each concurrency, non-streaming and
+streaming, and prints one table: requests/s, latency p50/p99 and what each gateway adds over direct,
+time to first token for streams, server CPU seconds per 1,000 requests and peak RSS. ``--rss-check``
+adds the RSS-growth check over 100,000 requests through aiplus.
+
+    .venv/bin/python bench/overhead.py --quick            # about a minute, for development
+    .venv/bin/python bench/overhead.py --rss-check        # the full run; writes docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import procstat
+import report
+from targets import BENCH_DIR, REPO, Aiplus, Direct, LiteLLM, Target, install_litellm, litellm_installed
+
+PYTHON = sys.executable
+QUICK = {"concurrency": (1, 16, 64), "duration": 1.5, "warmup": 0.5}
+FULL = {"concurrency": (1, 16, 64, 256), "duration": 10.0, "warmup": 2.0}
+
+
+def run_loadgen(
+    target: Target, *, stream: bool, concurrency: int, duration: float, warmup: float, max_requests: int
+) -> dict:
+    """One cell: the load generator in its own process, with the target's CPU measured around it."""
+    argv = [
+        PYTHON,
+        str(BENCH_DIR / "loadgen.py"),
+        "--port",
+        str(target.port),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--max-requests",
+        str(max_requests),
+    ]
+    if stream:
+        argv.append("--stream")
+    env = dict(os.environ)
+    if target.api_key:
+        env["BENCH_API_KEY"] = target.api_key
+    cpu0 = procstat.cpu_seconds(target.pid)
+    out = subprocess.run(
+        argv, check=False, capture_output=True, text=True, env=env, timeout=duration + warmup + 180
+    )
+    cpu1 = procstat.cpu_seconds(target.pid)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed against {target.name}: {out.stderr[-2000:]}")
+    result = json.loads(out.stdout)
+    result["server_cpu_s"] = cpu1 - cpu0
+    sent = result["sent_total"]
+    result["cpu_s_per_1k"] = (cpu1 - cpu0) / sent * 1000 if sent else float("nan")
+    return result
+
+
+def rss_check(target: Target, total: int, batch: int, concurrency: int) -> dict:
+    """Send ``total`` non-streaming requests in batches, sampling the server's RSS after each batch."""
+    samples = []
+    sent = 0
+    errors = 0
+    while sent < total:
+        n = min(batch, total - sent)
+        result = run_loadgen(
+            target, stream=False, concurrency=concurrency, duration=600, warmup=0, max_requests=n
+        )
+        sent += result["sent_total"]
+        errors += result["errors"]
+        samples.append((sent, procstat.rss_mib(target.pid)))
+        print(f"  rss-check {target.name}: {sent:>7} requests, RSS {samples[-1][1]:.1f} MiB", flush=True)
+    base = samples[0][1]
+    growth = (samples[-1][1] - base) / base if base else float("nan")
+    return {
+        "target": target.name,
+        "requests": sent,
+        "errors": errors,
+        "samples": samples,
+        "baseline_mib": base,
+        "final_mib": samples[-1][1],
+        "growth": growth,
+    }
+
+
+def machine_description() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} cores ({model or platform.processor()}), {mem_gib:.0f} GiB RAM, "
+        f"Linux {platform.release()}, Python {platform.python_version()}; "
+        f"load average at start {load[0]:.2f}"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short cells, fewer concurrencies (about a minute)")
+    p.add_argument("--targets", default="direct,aiplus,litellm", help="comma-separated subset")
+    p.add_argument("--concurrency", help="comma-separated list (default 1,16,64,256; quick 1,16,64)")
+    p.add_argument("--duration", type=float, help="measured seconds per cell (default 10; quick 1.5)")
+    p.add_argument("--warmup", type=float, help="unmeasured seconds per cell (default 2; quick 0.5)")
+    p.add_argument("--max-requests", type=int, default=500_000, help="bound on requests per cell")
+    p.add_argument("--modes", default="json,stream", help="json, stream or both")
+    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="fake upstream pause between chunks")
+    p.add_argument(
+        "--rss-check",
+        nargs="?",
+        type=int,
+        const=100_000,
+        default=0,
+        metavar="N",
+        help="also send N requests (default 100000) through aiplus and report RSS growth",
+    )
+    p.add_argument("--rss-targets", default="aiplus", help="targets for --rss-check")
+    p.add_argument("--litellm-venv", default=str(BENCH_DIR / ".venv-litellm"))
+    p.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs into the LiteLLM venv")
+    p.add_argument("--aiplus-cmd", help="command that runs aiplus (default: the aiplus next to this python)")
+    p.add_argument("--aiplus-key", help="use this key instead of creating an org and key")
+    p.add_argument(
+        "--write", dest="write", action="store_true", default=None, help="write docs/benchmarks.md"
+    )
+    p.add_argument("--no-write", dest="write", action="store_false")
+    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--json-out", help="also save every measurement as JSON here")
+    p.add_argument("--keep-workdir", action="store_true", help="keep configs and server logs")
+    args = p.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    args.concurrency = (
+        tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else preset["concurrency"]
+    )
+    args.duration = args.duration if args.duration is not None else preset["duration"]
+    args.warmup = args.warmup if args.warmup is not None else preset["warmup"]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.write is None:
+        args.write = not args.quick
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([".venv/bin/python", "bench/overhead.py", *(sys.argv[1:] if argv is None else argv)])
+    started = dt.datetime.now(dt.UTC)
+    machine = machine_description()
+    workdir = Path(tempfile.mkdtemp(prefix="aiplus-bench-"))
+    print(f"bench: {machine}\nbench: workdir {workdir}", flush=True)
+
+    installer = None
+    venv = Path(args.litellm_venv)
+    if "litellm" in args.targets and not litellm_installed(venv):
+        print(
+            f"bench: installing {args.litellm_spec} into {venv} (first run only; takes a few minutes)",
+            flush=True,
+        )
+        installer = install_litellm(venv, args.litellm_spec, workdir / "litellm-install.log")
+
+    direct = Direct(workdir, args.chunk_delay_ms)
+    targets: list[Target] = [direct]
+    notes: list[str] = []
+    results: dict[tuple[str, str, int], dict] = {}
+    peaks: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    rss: list[dict] = []
+    try:
+        direct.start()
+        direct.wait_ready()
+        if installer is not None and installer.wait() != 0:
+            raise RuntimeError(f"installing LiteLLM failed; see {workdir / 'litellm-install.log'}")
+        for name in args.targets:
+            if name == "direct":
+                continue
+            if name == "aiplus":
+                target: Target = Aiplus(
+                    workdir,
+                    direct.base_url,
+                    shlex.split(args.aiplus_cmd) if args.aiplus_cmd else None,
+                    args.aiplus_key,
+                )
+            elif name == "litellm":
+                target = LiteLLM(workdir, direct.base_url, venv)
+            else:
+                raise SystemExit(f"unknown target {name!r}")
+            try:
+                target.start()
+                target.wait_ready()
+            except (RuntimeError, OSError, ValueError) as exc:  # reported; the other targets still run
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                notes.append(
+                    f"{name} did not start: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".strip()
+                )
+                print(f"bench: {name} did not start: {exc}", file=sys.stderr, flush=True)
+                target.stop()
+                continue
+            targets.append(target)
+        measured = [t for t in targets if t.name in args.targets]
+        for mode in args.modes:
+            for c in args.concurrency:
+                for target in measured:
+                    if not target.server or not target.server.alive():
+                        continue
+                    r = run_loadgen(
+                        target,
+                        stream=mode == "stream",
+                        concurrency=c,
+                        duration=args.duration,
+                        warmup=args.warmup,
+                        max_requests=args.max_requests,
+                    )
+                    results[(target.name, mode, c)] = r
+                    extra = f" ttft p50 {r['ttft']['p50_ms']:.2f} ms" if mode == "stream" else ""
+                    print(
+                        f"  {mode:6} c={c:<3} {target.name:8} {r['rps']:9.0f} req/s  p50 "
+                        f"{r['latency']['p50_ms']:8.2f} ms  p99 {r['latency']['p99_ms']:8.2f} ms{extra}"
+                        f"  errors {r['errors']}",
+                        flush=True,
+                    )
+                    if r["errors"]:
+                        print(f"    first error: {r['sample_error'][:200]}", flush=True)
+        for target in targets:
+            if target.server and target.server.alive():
+                peaks[target.name] = procstat.peak_rss_mib(target.pid)
+                versions[target.name] = target.version
+        if args.rss_check:
+            for target in measured:
+                if target.name in args.rss_targets.split(",") and target.server and target.server.alive():
+                    rss.append(rss_check(target, args.rss_check, max(1000, args.rss_check // 10), 16))
+    finally:
+        for target in reversed(targets):
+            target.stop()
+        if installer is not None and installer.poll() is None:
+            os.killpg(installer.pid, signal.SIGTERM)
+
+    finished = dt.datetime.now(dt.UTC)
+    table = report.table(results, args.targets, args.modes, args.concurrency)
+    checks = report.checks(results, rss, args.targets, peaks)
+    print()
+    print(table)
+    print()
+    print(checks)
+    meta = {
+        "command": command,
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "minutes": (finished - started).total_seconds() / 60,
+        "machine": machine,
+        "versions": versions,
+        "peaks": peaks,
+        "notes": notes,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "chunk_delay_ms": args.chunk_delay_ms,
+    }
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "meta": meta,
+                    "rss": rss,
+                    "results": [
+                        {"target": k[0], "mode": k[1], "concurrency": k[2], **v} for k, v in results.items()
+                    ],
+                },
+                indent=2,
+            )
+        )
+    if args.write:
+        report.write_section(Path(args.doc), report.section(meta, table, checks, rss))
+        print(f"\nbench: wrote {args.doc}")
+    if not args.keep_workdir:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    else:
+        print(f"bench: logs kept in {workdir}")
+    for note in notes:
+        print(f"bench: NOTE {note}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The servers an overhead benchmark compares: the fake upstream itself, aiplus, and LiteLLM proxy.
+
+Each target starts its server in its own process, exposes the loopback port, the API key a client sends
+and the pid whose process tree is measured, and stops it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from procstat import Server
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+PYTHON = sys.executable
+LITELLM_MASTER_KEY = "sk-bench-master"
+ADMIN_TOKEN = "bench-admin-token"
+BENCH_TIER = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Target:
+    name = "target"
+    api_key: str | None = None
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.server: Server | None = None
+        self.version = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+class Direct(Target):
+    """The fake upstream, measured without anything in front of it."""
+
+    name = "direct"
+
+    def __init__(self, workdir: Path, chunk_delay_ms: float = 0.0) -> None:
+        super().__init__(workdir)
+        self.chunk_delay_ms = chunk_delay_ms
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        argv = [
+            PYTHON,
+            str(BENCH_DIR / "fake_upstream.py"),
+            "--port",
+            str(self.port),
+            "--chunk-delay-ms",
+            str(self.chunk_delay_ms),
+        ]
+        self.server = Server("fake upstream", argv, log_path=self.workdir / "fake_upstream.log")
+
+    def wait_ready(self) -> None:
+        assert self.server is not None
+        self.server.wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout=15)
+
+
+def litellm_installed(venv: Path) -> bool:
+    return (venv / "bin" / "litellm").exists()
+
+
+def install_litellm(venv: Path, spec: str, log_path: Path) -> subprocess.Popen | None:
+    """Start creating ``venv`` with ``spec`` installed, unless it is there; returns the running installer."""
+    if litellm_installed(venv):
+        return None
+    script = (
+        f'set -e; "{PYTHON}" -m venv "{venv}"; "{venv}/bin/pip" install --disable-pip-version-check -q '
+        f"'{spec}'"
+    )
+    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps writing after we return
+    return subprocess.Popen(
+        ["bash", "-c", script],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+class LiteLLM(Target):
+    """LiteLLM proxy, one worker, default settings, a master key, routed to the same fake upstream."""
+
+    name = "litellm"
+    api_key = LITELLM_MASTER_KEY
+
+    def __init__(self, workdir: Path, upstream_url: str, venv: Path) -> None:
+        super().__init__(workdir)
+        self.upstream_url = upstream_url
+        self.venv = venv
+
+    def start(self) -> None:
+        config = self.workdir / "litellm.yaml"
+        config.write_text(
+            "model_list:\n"
+            "  - model_name: fake\n"
+            "    litellm_params:\n"
+            "      model: openai/fake\n"
+            f"      api_base: {self.upstream_url}\n"
+            "      api_key: sk-upstream\n"
+            "general_settings:\n"
+            f"  master_key: {LITELLM_MASTER_KEY}\n"
+        )
+        env = dict(os.environ)
+        # Only loopback is reachable here: use the bundled model-cost map instead of fetching it at start.
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        argv = [
+            str(self.venv / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--num_workers",
+            "1",
+        ]
+        self.server = Server(
+            "litellm", argv, env=env, cwd=str(self.workdir), log_path=self.workdir / "litellm.log"
+        )
+        out = subprocess.run(
+            [
+                str(self.venv / "bin" / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('litellm'))",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        self.version = out.stdout.strip()
+
+    def wait_ready(self) -> None:
+        assert self.server is not None
+        self.server.wait_http(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=120)
+
+
+class Aiplus(Target):
+    """``aiplus serve``: one worker, SQLite, an org key on a tier whose limits are on but not binding."""
+
+    name = "aiplus"
+
+    def __init__(
+        self, workdir: Path, upstream_url: str, command: list[str] | None = None, api_key: str | None = None
+    ) -> None:
+        super().__init__(workdir)
+        self.upstream_url = upstream_url
+        self.command = command or [shutil.which("aiplus") or str(Path(PYTHON).parent / "aiplus")]
+        self.api_key = api_key
+        self.data_dir = workdir / "aiplus-data"
+
+    def write_config(self) -> Path:
+        config = self.workdir / "aiplus.toml"
+        config.write_text(
+            "[server]\n"
+            f'data_dir = "{self.data_dir}"\n'
+            "\n"
+            f"[tiers.{BENCH_TIER}]\n"
+            "weight = 1.0\n"
+            "requests_per_minute = 100000000\n"
+            "tokens_per_minute = 10000000000\n"
+            "monthly_token_quota = 1000000000000000\n"
+            "max_concurrent = 100000\n"
+            "\n"
+            "[scheduling]\n"
+            'policy = "fair"\n'
+            "\n"
+            "[[models]]\n"
+            'id = "fake"\n'
+            'engine = "openai"\n'
+            f'upstreams = ["{self.upstream_url}"]\n'
+            "max_concurrency = 256\n"
+        )
+        return config
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.write_config()
+        env = dict(os.environ)
+        env["AIPLUS_ADMIN_TOKEN"] = ADMIN_TOKEN
+        argv = [*self.command, "serve", "--config", str(config), "--port", str(self.port)]
+        self.server = Server(
+            "aiplus", argv, env=env, cwd=str(self.workdir), log_path=self.workdir / "aiplus.log"
+        )
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        self.version = out.stdout.strip()
+
+    def wait_ready(self) -> None:
+        assert self.server is not None
+        self.server.wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout=60)
+        if not self.api_key:
+            self.api_key = self._create_key()
+
+    def _admin(self, method: str, path: str, body: dict) -> dict:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"{}")
+
+    def _create_key(self) -> str:
+        """A real org and key through the admin API (the same service functions the CLI uses)."""
+        org = self._admin("POST", "/admin/orgs", {"name": "Bench Org", "sector": "ict", "tier": BENCH_TIER})
+        org_id = org.get("id") or org.get("org_id") or (org.get("org") or {}).get("id")
+        if not org_id:
+            raise RuntimeError(f"aiplus: no org id in the admin answer {org!r}")
+        key = self._admin("POST", f"/admin/orgs/{org_id}/keys", {"name": "bench"})
+        secret = key.get("key") or key.get("api_key") or key.get("secret")
+        if not secret:
+            raise RuntimeError(f"aiplus: no key in the admin answer {key!r}")
+        return secret

@@ -1,0 +1,245 @@
+"""The hot-path authenticator: bearer key → Principal, served from memory, revalidated when keys change.
+
+Steady state: one HMAC and one dict lookup per request, no database round trip. A revocation anywhere
+changes an auth version; every cached key is revalidated against the database on its next use:
+- in the revoking process at once (``revoke`` also drops the entry);
+- in other processes sharing Redis at once: ``INCR`` of a version key, read with one ``GET`` per request;
+- without Redis, within ``poll_interval`` seconds: a background task polls the version row in ``secrets``.
+A database failure never turns into a cached rejection: entries are only cached from successful reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from aiplus.config import TierConfig
+from aiplus.tenancy.errors import AuthUnavailable
+from aiplus.tenancy.keys import KEY_PREFIX, key_digest, lookup_digest, revoke_key
+from aiplus.tenancy.orgs import update_org
+from aiplus.tenancy.secrets import auth_version
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 200
+MAX_CACHED = 100_000
+MAX_NEGATIVE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    org_id: str
+    key_id: str
+    tier: str
+    weight: float
+    models: frozenset[str] | None
+    sector: str
+
+
+@dataclass(slots=True)
+class _Entry:
+    principal: Principal | None  # None: no such key, or revoked
+    expires_at: float | None  # the key's own expiry (epoch seconds)
+    epoch: int  # the auth epoch it was read in
+    fresh_until: (
+        float  # monotonic time after which it is re-read (a stale one still serves if the DB is down)
+    )
+
+
+class Authenticator:
+    """Bearer key → Principal. ``start()`` begins the version poller; ``close()`` stops it."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        secret: bytes,
+        tiers: Sequence[TierConfig],
+        *,
+        redis=None,
+        redis_prefix: str = "aiplus:",
+        ttl: float = 300.0,
+        negative_ttl: float = 5.0,
+        poll_interval: float = 1.0,
+    ):
+        self._engine = engine
+        self._secret = secret
+        self._weights = {t.name: t.weight for t in tiers}
+        self._redis = redis
+        self._version_key = f"{redis_prefix}auth:version"
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._poll_interval = poll_interval
+        self._cache: dict[str, _Entry] = {}
+        self._negative: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._epoch = 0
+        self._db_version: str | None = None
+        self._redis_version: bytes | None = None
+        self._poller: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._db_version = await asyncio.to_thread(self._read_db_version)
+        if self._redis is not None:
+            try:
+                self._redis_version = await self._redis.get(self._version_key)
+            except Exception as exc:  # noqa: BLE001 - Redis down: the DB poller still carries revocations
+                log.warning("auth: Redis unreachable at start (%s); revocations propagate by polling", exc)
+        self._poller = asyncio.create_task(self._poll(), name="aiplus-auth-poll")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
+            self._poller = None
+
+    def _read_db_version(self) -> str | None:
+        with self._engine.connect() as conn:
+            return auth_version(conn)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                version = await asyncio.to_thread(self._read_db_version)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("auth: cannot poll the auth version: %s", exc)
+                continue
+            if version != self._db_version:
+                self._db_version = version
+                self._epoch += 1
+
+    async def _check_redis_version(self) -> None:
+        try:
+            version = await self._redis.get(self._version_key)
+        except Exception as exc:  # noqa: BLE001 - fall back to the DB poller
+            log.warning("auth: Redis unreachable (%s); revocations propagate by polling", exc)
+            return
+        if version != self._redis_version:
+            self._redis_version = version
+            self._epoch += 1
+
+    async def authenticate(self, bearer_token: str) -> Principal | None:
+        """The principal for this key, or None (unknown, revoked, expired: answer 401).
+
+        Raises AuthUnavailable (answer 503) when the key must be read and the database cannot be reached.
+        """
+        if not bearer_token.startswith(KEY_PREFIX) or len(bearer_token) > MAX_KEY_LENGTH:
+            return None
+        if self._redis is not None:
+            await self._check_redis_version()
+        digest = key_digest(self._secret, bearer_token)
+        now = time.monotonic()
+        entry = self._cache.get(digest) or self._negative.get(digest)
+        if entry is not None and entry.epoch == self._epoch and now < entry.fresh_until:
+            return self._valid(entry)
+        try:
+            entry = await self._load(digest)
+        except Exception as exc:
+            stale = self._cache.get(digest)
+            if stale is not None and stale.epoch == self._epoch:
+                # Nothing was revoked since this entry was read: keep serving it while the DB is away.
+                return self._valid(stale)
+            raise AuthUnavailable(f"the key store is unavailable: {exc.__class__.__name__}") from exc
+        return self._valid(entry)
+
+    @staticmethod
+    def _valid(entry: _Entry) -> Principal | None:
+        if entry.principal is None:
+            return None
+        if entry.expires_at is not None and time.time() >= entry.expires_at:
+            return None
+        return entry.principal
+
+    async def _load(self, digest: str) -> _Entry:
+        pending = self._loading.get(digest)
+        if pending is not None:  # coalesce concurrent misses of one key into one query
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._loading[digest] = future
+        try:
+            epoch = self._epoch
+            row = await asyncio.to_thread(self._read_key, digest)
+            entry = self._entry(row, epoch)
+            self._store(digest, entry)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) get it through shield
+            raise
+        finally:
+            del self._loading[digest]
+
+    def _read_key(self, digest: str) -> dict | None:
+        with self._engine.connect() as conn:
+            return lookup_digest(conn, digest)
+
+    def _entry(self, row: dict | None, epoch: int) -> _Entry:
+        now = time.monotonic()
+        if row is None or row["revoked_at"] is not None:
+            return _Entry(None, None, epoch, now + self._negative_ttl)
+        principal = Principal(
+            org_id=row["org_id"],
+            key_id=row["id"],
+            tier=row["tier"],
+            weight=self._weights.get(row["tier"], 1.0),
+            models=frozenset(row["models"]) if row["models"] is not None else None,
+            sector=row["sector"],
+        )
+        expires = row["expires_at"].timestamp() if row["expires_at"] is not None else None
+        return _Entry(principal, expires, epoch, now + self._ttl)
+
+    def _store(self, digest: str, entry: _Entry) -> None:
+        if entry.principal is None:
+            self._cache.pop(digest, None)
+            table, limit = self._negative, MAX_NEGATIVE
+        else:
+            self._negative.pop(digest, None)
+            table, limit = self._cache, MAX_CACHED
+        if len(table) >= limit and digest not in table:
+            table.pop(next(iter(table)))  # oldest first: dicts keep insertion order
+        table[digest] = entry
+
+    def invalidate(self) -> None:
+        """Revalidate every cached key on its next use (after any change to keys or orgs)."""
+        self._epoch += 1
+
+    async def signal(self) -> None:
+        """Tell every process that keys or orgs changed; call after committing such a change."""
+        self.invalidate()
+        if self._redis is not None:
+            try:
+                await self._redis.incr(self._version_key)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("auth: cannot signal Redis (%s); other processes see the change by polling", exc)
+
+    async def revoke(self, key_id: str) -> dict:
+        """Revoke a key in the database and make every process reject it from now on."""
+
+        def _revoke() -> tuple[dict, str]:
+            with self._engine.begin() as conn:
+                return revoke_key(conn, key_id)
+
+        key, digest = await asyncio.to_thread(_revoke)
+        self._cache.pop(digest, None)
+        await self.signal()
+        return key
+
+    async def update_org(self, org_id: str, tiers: Sequence[TierConfig], **changes) -> dict:
+        """Change an org (e.g. its tier) and refresh the principals of its keys everywhere."""
+
+        def _update() -> dict:
+            with self._engine.begin() as conn:
+                return update_org(conn, org_id, tiers=tiers, **changes)
+
+        org = await asyncio.to_thread(_update)
+        await self.signal()
+        return org

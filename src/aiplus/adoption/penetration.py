@@ -1,0 +1,265 @@
+"""Penetration: the share of register organizations adopting in a month, read from the ``usage_daily`` rollups.
+
+An organization adopts in a month when it made at least ``min_requests`` successful requests (status ``ok``)
+in the ``window_days`` days ending on the month's last day, inclusive; with ``agent_use_requires_tools`` only
+requests that used tool calls count. The denominator is every organization in the register, users or not.
+Raw usage events are never read: one SQL aggregation per month over the rollup rows in that window.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import sqlalchemy as sa
+
+from aiplus.adoption.register import SIZE_CLASSES
+from aiplus.config import SECTORS, AdoptionConfig
+from aiplus.storage.tables import orgs, register_orgs, usage_daily
+
+CUTS = {"sector": 0, "region": 1, "size": 2}
+MAX_MONTHS = 240
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """The adoption rule, printed beside every figure."""
+
+    min_requests: int = 10
+    window_days: int = 30
+    agent_use_requires_tools: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: AdoptionConfig) -> Definition:
+        return cls(cfg.min_requests, cfg.window_days, cfg.agent_use_requires_tools)
+
+    @property
+    def rule(self) -> str:
+        kind = (
+            "successful requests that used tool calls"
+            if self.agent_use_requires_tools
+            else "successful requests"
+        )
+        return (
+            f"an organization adopts in a month if it made >= {self.min_requests} {kind} "
+            f"in the {self.window_days} days ending on the month's last day"
+        )
+
+    @property
+    def denominator(self) -> str:
+        return "all organizations in the register (users or not), matched to tenants by id"
+
+    @property
+    def text(self) -> str:
+        return (
+            f"Penetration = adopting / register organizations; {self.rule}. Denominator: {self.denominator}."
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "min_requests": self.min_requests,
+            "window_days": self.window_days,
+            "agent_use_requires_tools": self.agent_use_requires_tools,
+            "rule": self.rule,
+            "denominator": self.denominator,
+            "employment_weighted": "employees of adopting organizations / employees of register organizations",
+            "agent_penetration": f"share with >= {self.min_requests} successful tool-call requests in the window",
+            "intensity": "tokens (prompt + completion, successful requests) in the window per register employee",
+            "text": self.text,
+        }
+
+
+@dataclass(slots=True)
+class Cell:
+    """Counts for one group in one month; shares are derived, never stored."""
+
+    orgs: int = 0
+    employees: int = 0
+    adopting: int = 0
+    adopting_employees: int = 0
+    agent: int = 0
+    tokens: int = 0
+
+    def add(self, other: Cell) -> None:
+        self.orgs += other.orgs
+        self.employees += other.employees
+        self.adopting += other.adopting
+        self.adopting_employees += other.adopting_employees
+        self.agent += other.agent
+        self.tokens += other.tokens
+
+    @property
+    def penetration(self) -> float:
+        return self.adopting / self.orgs if self.orgs else 0.0
+
+    @property
+    def employment_penetration(self) -> float:
+        return self.adopting_employees / self.employees if self.employees else 0.0
+
+    @property
+    def agent_penetration(self) -> float:
+        return self.agent / self.orgs if self.orgs else 0.0
+
+    @property
+    def intensity(self) -> float:
+        return self.tokens / self.employees if self.employees else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "orgs": self.orgs,
+            "employees": self.employees,
+            "adopting": self.adopting,
+            "adopting_employees": self.adopting_employees,
+            "agent": self.agent,
+            "tokens": self.tokens,
+            "penetration": self.penetration,
+            "employment_penetration": self.employment_penetration,
+            "agent_penetration": self.agent_penetration,
+            "intensity_tokens_per_employee": self.intensity,
+        }
+
+
+Key = tuple[str, str, str]  # (sector, region, size_class)
+
+
+@dataclass(slots=True)
+class Series:
+    """Monthly figures per group of one cut, plus the total over the whole register."""
+
+    by: str
+    months: list[date]
+    groups: dict[str, list[Cell]] = field(default_factory=dict)
+    total: list[Cell] = field(default_factory=list)
+
+
+def month_end(day: date) -> date:
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+def next_month_end(day: date) -> date:
+    return month_end(month_end(day) + timedelta(days=1))
+
+
+def last_complete_month_end(as_of: date) -> date:
+    """``as_of`` itself if it is a month's last day, else the last day of the month before."""
+    return as_of if month_end(as_of) == as_of else as_of.replace(day=1) - timedelta(days=1)
+
+
+def month_ends(first: date, last: date) -> list[date]:
+    out, m = [], month_end(first)
+    while m <= last:
+        out.append(m)
+        m = next_month_end(m)
+    return out
+
+
+def register_cells(conn: sa.Connection) -> dict[Key, Cell]:
+    """Denominators: organizations and employees per (sector, region, size class)."""
+    r = register_orgs
+    query = sa.select(
+        r.c.sector,
+        r.c.region,
+        r.c.size_class,
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(r.c.employees), 0),
+    ).group_by(r.c.sector, r.c.region, r.c.size_class)
+    return {(s, g, z): Cell(orgs=n, employees=int(e)) for s, g, z, n, e in conn.execute(query)}
+
+
+def window_cells(conn: sa.Connection, definition: Definition, end: date) -> dict[Key, Cell]:
+    """Numerators for the window ending on ``end``: adopting orgs, their employees, agent users, tokens."""
+    d, r = usage_daily, register_orgs
+    start = end - timedelta(days=definition.window_days)
+    per_org = (
+        sa.select(
+            d.c.org_id,
+            sa.func.sum(d.c.requests).label("n"),
+            sa.func.sum(d.c.tool_requests).label("t"),
+            sa.func.sum(d.c.prompt_tokens + d.c.completion_tokens).label("tok"),
+        )
+        .where(d.c.day > start, d.c.day <= end, d.c.status == "ok")
+        .group_by(d.c.org_id)
+        .subquery()
+    )
+    counted = per_org.c.t if definition.agent_use_requires_tools else per_org.c.n
+    adopting = counted >= definition.min_requests
+    query = (
+        sa.select(
+            r.c.sector,
+            r.c.region,
+            r.c.size_class,
+            sa.func.sum(sa.case((adopting, 1), else_=0)),
+            sa.func.sum(sa.case((adopting, r.c.employees), else_=0)),
+            sa.func.sum(sa.case((per_org.c.t >= definition.min_requests, 1), else_=0)),
+            sa.func.sum(per_org.c.tok),
+        )
+        .select_from(per_org.join(r, r.c.id == per_org.c.org_id))
+        .group_by(r.c.sector, r.c.region, r.c.size_class)
+    )
+    return {
+        (s, g, z): Cell(adopting=int(a), adopting_employees=int(ae), agent=int(ag), tokens=int(tok or 0))
+        for s, g, z, a, ae, ag, tok in conn.execute(query)
+    }
+
+
+def first_usage_day(conn: sa.Connection) -> date | None:
+    day = conn.scalar(sa.select(sa.func.min(usage_daily.c.day)))
+    if isinstance(day, str):  # SQLite through a raw aggregate
+        day = date.fromisoformat(day)
+    return day
+
+
+def group_order(by: str, keys: Iterable[str]) -> list[str]:
+    keys = set(keys)
+    if by == "sector":
+        return [s for s in SECTORS if s in keys] + sorted(keys - set(SECTORS))
+    if by == "size":
+        return [s for s in SIZE_CLASSES if s in keys] + sorted(keys - set(SIZE_CLASSES))
+    return sorted(keys)
+
+
+def penetration_series(
+    conn: sa.Connection,
+    definition: Definition,
+    *,
+    by: str = "sector",
+    as_of: date | None = None,
+    first: date | None = None,
+) -> Series:
+    """Monthly figures from the first month with usage (or ``first``) to the last complete month at ``as_of``."""
+    if by not in CUTS:
+        raise ValueError(f"by must be one of {', '.join(CUTS)}, not {by!r}")
+    as_of = as_of or datetime.now(UTC).date()
+    last = last_complete_month_end(as_of)
+    first = first or first_usage_day(conn) or last
+    months = month_ends(first, last)[-MAX_MONTHS:]
+    base = register_cells(conn)
+    axis = CUTS[by]
+    names = group_order(by, {key[axis] for key in base})
+    series = Series(by=by, months=months, groups={name: [] for name in names})
+    for end in months:
+        found = window_cells(conn, definition, end)
+        cells = {name: Cell() for name in names}
+        total = Cell()
+        for key, denominator in base.items():
+            cell = Cell(orgs=denominator.orgs, employees=denominator.employees)
+            if key in found:
+                cell.add(found[key])
+            cells[key[axis]].add(cell)
+            total.add(cell)
+        for name in names:
+            series.groups[name].append(cells[name])
+        series.total.append(total)
+    return series
+
+
+def unregistered_tenants(conn: sa.Connection) -> int:
+    """Tenant organizations missing from the register: their usage is not counted in any penetration figure."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(orgs.outerjoin(register_orgs, register_orgs.c.id == orgs.c.id))
+        .where(register_orgs.c.id.is_(None))
+    )
+    return int(conn.scalar(query) or 0)

@@ -31,6 +31,9 @@ from targets import BENCH_DIR, REPO, Aiplus, Direct, LiteLLM, Target, install_li
 PYTHON = sys.executable
 QUICK = {"concurrency": (1, 16, 64), "duration": 1.5, "warmup": 0.5}
 FULL = {"concurrency": (1, 16, 64, 256), "duration": 10.0, "warmup": 2.0}
+# With --pin: the load generator and the fake upstream share one core, the gateway gets the other.
+PIN_CLIENT, PIN_GATEWAY = {0}, {1}
+loadgen_cpus: set[int] | None = None
 
 
 def run_loadgen(
@@ -38,6 +41,7 @@ def run_loadgen(
 ) -> dict:
     """One cell: the load generator in its own process, with the target's CPU measured around it."""
     argv = [
+        *procstat.pinned(loadgen_cpus),
         PYTHON,
         str(BENCH_DIR / "loadgen.py"),
         "--port",
@@ -58,7 +62,12 @@ def run_loadgen(
         env["BENCH_API_KEY"] = target.api_key
     cpu0 = procstat.cpu_seconds(target.pid)
     out = subprocess.run(
-        argv, check=False, capture_output=True, text=True, env=env, timeout=duration + warmup + 180
+        argv,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=duration + warmup + 180,
     )
     cpu1 = procstat.cpu_seconds(target.pid)
     if out.returncode != 0:
@@ -140,6 +149,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--aiplus-cmd", help="command that runs aiplus (default: the aiplus next to this python)")
     p.add_argument("--aiplus-key", help="use this key instead of creating an org and key")
     p.add_argument(
+        "--pin", action="store_true", help="load generator and upstream on CPU 0, the gateway alone on CPU 1"
+    )
+    p.add_argument(
         "--write", dest="write", action="store_true", default=None, help="write docs/benchmarks.md"
     )
     p.add_argument("--no-write", dest="write", action="store_false")
@@ -177,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         installer = install_litellm(venv, args.litellm_spec, workdir / "litellm-install.log")
 
+    global loadgen_cpus
     direct = Direct(workdir, args.chunk_delay_ms)
+    if args.pin:
+        loadgen_cpus = direct.cpus = PIN_CLIENT
     targets: list[Target] = [direct]
     notes: list[str] = []
     results: dict[tuple[str, str, int], dict] = {}
@@ -203,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 target = LiteLLM(workdir, direct.base_url, venv)
             else:
                 raise SystemExit(f"unknown target {name!r}")
+            if args.pin:
+                target.cpus = PIN_GATEWAY
             try:
                 target.start()
                 target.wait_ready()
@@ -271,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration": args.duration,
         "warmup": args.warmup,
         "chunk_delay_ms": args.chunk_delay_ms,
+        "pin": args.pin,
     }
     if args.json_out:
         Path(args.json_out).write_text(

@@ -75,6 +75,13 @@ def rss_mib(pid: int) -> float:
     return sum(_status_kib(p, "VmRSS") for p in descendants(pid)) / 1024
 
 
+def pinned(cpus: set[int] | None) -> list[str]:
+    """A command prefix confining a child and every thread it starts to ``cpus``; None leaves it free."""
+    if not cpus:
+        return []
+    return ["taskset", "-c", ",".join(str(c) for c in sorted(cpus))]
+
+
 class Server:
     """A server process started by the benchmark; ``stop()`` ends its whole process group."""
 
@@ -86,12 +93,13 @@ class Server:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         log_path: Path,
+        cpus: set[int] | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
         self.log = open(log_path, "wb")  # noqa: SIM115 - kept open for the server's lifetime
         self.proc = subprocess.Popen(
-            list(argv),
+            [*pinned(cpus), *argv],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

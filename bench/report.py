@@ -126,7 +126,12 @@ def section(meta: dict, table_md: str, checks_md: str, rss: list[dict]) -> str:
             "(`LITELLM_LOCAL_MODEL_COST_MAP=True`, since only loopback is reachable here). Each cell is "
             f"{meta['warmup']:g} s of warm-up then {meta['duration']:g} s measured. `+` columns are the difference "
             "from `direct` at the same concurrency; TTFT is the time to the first SSE event with content; CPU is "
-            "user + system seconds of the server's process tree (/proc/PID/stat) per 1,000 requests sent."
+            "user + system seconds of the server's process tree (/proc/PID/stat) per 1,000 requests sent. "
+        )
+        + (
+            "Pinned (`--pin`): load generator and fake upstream on CPU 0, the gateway alone on CPU 1."
+            if meta.get("pin")
+            else "Not pinned: load generator, fake upstream and gateway share both cores."
         ),
         "",
         table_md,

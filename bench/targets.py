@@ -34,6 +34,7 @@ def free_port() -> int:
 class Target:
     name = "target"
     api_key: str | None = None
+    cpus: set[int] | None = None  # CPU affinity of the server's process tree (``--pin``)
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -79,7 +80,9 @@ class Direct(Target):
             "--chunk-delay-ms",
             str(self.chunk_delay_ms),
         ]
-        self.server = Server("fake upstream", argv, log_path=self.workdir / "fake_upstream.log")
+        self.server = Server(
+            "fake upstream", argv, log_path=self.workdir / "fake_upstream.log", cpus=self.cpus
+        )
 
     def wait_ready(self) -> None:
         assert self.server is not None
@@ -146,7 +149,12 @@ class LiteLLM(Target):
             "1",
         ]
         self.server = Server(
-            "litellm", argv, env=env, cwd=str(self.workdir), log_path=self.workdir / "litellm.log"
+            "litellm",
+            argv,
+            env=env,
+            cwd=str(self.workdir),
+            log_path=self.workdir / "litellm.log",
+            cpus=self.cpus,
         )
         out = subprocess.run(
             [
@@ -210,7 +218,12 @@ class Aiplus(Target):
         env["AIPLUS_ADMIN_TOKEN"] = ADMIN_TOKEN
         argv = [*self.command, "serve", "--config", str(config), "--port", str(self.port)]
         self.server = Server(
-            "aiplus", argv, env=env, cwd=str(self.workdir), log_path=self.workdir / "aiplus.log"
+            "aiplus",
+            argv,
+            env=env,
+            cwd=str(self.workdir),
+            log_path=self.workdir / "aiplus.log",
+            cpus=self.cpus,
         )
         out = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],

@@ -14,3 +14,14 @@ def db(request, tmp_path):
 def sqlite_db(tmp_path):
     with scratch_database("sqlite", tmp_path) as (engine, _url):
         yield engine
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_and_url(request, tmp_path):
+    with scratch_database(request.param, tmp_path) as (engine, url):
+        yield engine, url

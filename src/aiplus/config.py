@@ -228,8 +228,8 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     if tiers_raw is not None:
         merged = {t.name: t for t in DEFAULT_TIERS}
         for name, values in tiers_raw.items():
-            base = merged.get(name, TierConfig(name))
-            merged[name] = replace(base, **_build(TierConfig, {"name": name, **values}, f"[tiers.{name}]").__dict__)
+            _build(TierConfig, {"name": name, **values}, f"[tiers.{name}]")  # validates the keys
+            merged[name] = replace(merged.get(name, TierConfig(name)), **values)
         tiers = tuple(merged.values())
     scheduling = _build(SchedulingConfig, raw.pop("scheduling", {}), "[scheduling]")
     if scheduling.policy not in ("fair", "fcfs"):

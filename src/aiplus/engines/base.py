@@ -55,6 +55,7 @@ class GenerationRequest:
     request_id: str
     model: str
     kind: str  # "chat" or "completion"
+    stream: bool = True  # False lets an upstream answer in one JSON body instead of a stream
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     max_tokens: int | None = None
@@ -108,10 +109,10 @@ class Engine(abc.ABC):
     def context_length(self) -> int | None:
         return self.config.context_length
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Load weights or open connections; called once at server start."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release what ``start`` took."""
 
     def healthy(self) -> bool:

@@ -1,0 +1,281 @@
+"""Upstream engine: any OpenAI-compatible server (vLLM, SGLang, Ollama, llama-server, TGI, a hosted API).
+
+Several replicas per model; each request goes to the healthy replica with the fewest outstanding requests. A
+replica that fails before the first byte is marked down and the request is retried on another; periodic health
+checks bring it back. Streams are relayed chunk by chunk as they arrive (httpx keep-alive pool, no buffering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from aiplus.config import ModelConfig
+from aiplus.engines.base import (
+    ContextLengthError,
+    Delta,
+    Embeddings,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    UpstreamError,
+    estimate_tokens,
+)
+
+
+class Replica:
+    __slots__ = ("failures", "healthy", "index", "outstanding", "url")
+
+    def __init__(self, url: str, index: int):
+        self.url = url.rstrip("/")
+        self.index = index
+        self.outstanding = 0
+        self.healthy = True
+        self.failures = 0
+
+
+class _BeforeFirstByte(Exception):
+    """A failure that happened before the upstream sent anything: safe to retry elsewhere."""
+
+
+def _error_from(status: int, body: bytes) -> UpstreamError:
+    message, type_, code, param = body.decode(errors="replace")[:500] or f"upstream answered {status}", None, None, None
+    try:
+        err = orjson.loads(body).get("error")
+        if isinstance(err, dict):
+            message = err.get("message") or message
+            type_, code, param = err.get("type"), err.get("code"), err.get("param")
+        elif isinstance(err, str):
+            message = err
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if 400 <= status < 500 and status not in (401, 403, 429):
+        # the client's request was bad: say so with the upstream's words and status
+        return UpstreamError(message, status=status, type=type_ or "invalid_request_error", code=code, param=param)
+    return UpstreamError(f"upstream error ({status}): {message}", status=502 if status < 500 else 503,
+                         type="upstream_error", code=code or "upstream_error")
+
+
+class UpstreamEngine(Engine):
+    kind = "openai"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self._replicas = [Replica(url, i) for i, url in enumerate(config.upstreams)]
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._headers = {"content-type": "application/json"}
+        if key:
+            self._headers["authorization"] = f"Bearer {key}"
+        self._model_name = config.upstream_model or config.id
+        per_replica = max(config.max_concurrency, 1)
+        self._client = httpx.AsyncClient(
+            headers=self._headers,
+            timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
+            limits=httpx.Limits(
+                max_connections=per_replica * len(self._replicas) + 8,
+                max_keepalive_connections=per_replica * len(self._replicas) + 8,
+            ),
+        )
+        self._health_task: asyncio.Task | None = None
+
+    @property
+    def replicas(self) -> int:
+        return len(self._replicas)
+
+    def healthy(self) -> bool:
+        return any(r.healthy for r in self._replicas)
+
+    async def start(self) -> None:
+        await self._check_all()
+        self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.config.id}")
+
+    async def close(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+        await self._client.aclose()
+
+    async def _check(self, replica: Replica) -> None:
+        try:
+            response = await self._client.get(f"{replica.url}/models", timeout=3.0)
+            replica.healthy = response.status_code < 500
+        except httpx.HTTPError:
+            replica.healthy = False
+        if replica.healthy:
+            replica.failures = 0
+
+    async def _check_all(self) -> None:
+        await asyncio.gather(*(self._check(r) for r in self._replicas))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            await self._check_all()
+
+    def _order(self) -> list[Replica]:
+        """Replicas to try, best first: healthy before down, fewest outstanding first."""
+        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding))
+
+    async def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        if request.kind == "completion":
+            text = request.prompt or ""
+        else:
+            text = "".join(
+                m["content"] if isinstance(m.get("content"), str) else orjson.dumps(m.get("content")).decode()
+                for m in request.messages or ()
+            )
+        estimate = estimate_tokens(text) + 4 * len(request.messages or ())
+        limit = self.config.context_length
+        if limit and estimate + (request.max_tokens or 0) > limit:
+            raise ContextLengthError(
+                f"This model's maximum context length is {limit} tokens; this request needs about "
+                f"{estimate + (request.max_tokens or 0)} ({estimate} in the prompt, {request.max_tokens or 0} "
+                "in the completion).",
+            )
+        return estimate
+
+    def _body(self, request: GenerationRequest) -> bytes:
+        body: dict[str, Any] = dict(request.extra)
+        body["model"] = self._model_name
+        if request.kind == "chat":
+            body["messages"] = request.messages
+            if request.tools is not None:
+                body["tools"] = request.tools
+            if request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
+            if request.response_format is not None:
+                body["response_format"] = request.response_format
+        else:
+            body["prompt"] = request.prompt
+        for name in ("max_tokens", "temperature", "top_p", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.stop:
+            body["stop"] = request.stop
+        body["stream"] = request.stream
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
+        return orjson.dumps(body)
+
+    async def _send(self, replica: Replica, path: str, body: bytes) -> httpx.Response:
+        """Send and wait for the status line; failures here are retryable on another replica."""
+        try:
+            req = self._client.build_request("POST", f"{replica.url}{path}", content=body)
+            response = await self._client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            replica.healthy = False
+            replica.failures += 1
+            raise _BeforeFirstByte(f"{replica.url}: {exc.__class__.__name__}: {exc}") from None
+        if response.status_code >= 500:
+            await response.aread()
+            await response.aclose()
+            replica.failures += 1
+            if response.status_code in (502, 503, 504):
+                replica.healthy = False
+            raise _BeforeFirstByte(f"{replica.url}: status {response.status_code}")
+        return response
+
+    async def _open(self, path: str, body: bytes) -> tuple[Replica, httpx.Response]:
+        errors = []
+        for replica in self._order():
+            replica.outstanding += 1
+            try:
+                response = await self._send(replica, path, body)
+            except _BeforeFirstByte as exc:
+                replica.outstanding -= 1
+                errors.append(str(exc))
+                continue
+            if response.status_code >= 400:
+                data = await response.aread()
+                await response.aclose()
+                replica.outstanding -= 1
+                raise _error_from(response.status_code, data)
+            return replica, response
+        raise EngineError(f"no upstream replica of {self.config.id!r} could take the request: {'; '.join(errors)}")
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        path = "/chat/completions" if request.kind == "chat" else "/completions"
+        replica, response = await self._open(path, self._body(request))
+        try:
+            if not request.stream:
+                yield self._whole(request, await response.aread())
+                return
+            async for delta in self._relay(request, response):
+                yield delta
+        except httpx.HTTPError as exc:
+            raise EngineError(f"upstream {replica.url} failed mid-answer: {exc.__class__.__name__}") from None
+        finally:
+            replica.outstanding -= 1
+            await response.aclose()
+
+    def _whole(self, request: GenerationRequest, data: bytes) -> Delta:
+        try:
+            body = orjson.loads(data)
+            choice = body["choices"][0]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise EngineError("upstream sent an answer that is not an OpenAI completion") from None
+        usage = body.get("usage") or {}
+        if request.kind == "chat":
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+            tool_calls = message.get("tool_calls")
+        else:
+            text, reasoning, tool_calls = choice.get("text") or "", "", None
+        completion = usage.get("completion_tokens")
+        return Delta(
+            text=text, reasoning=reasoning, tool_calls=tool_calls, finish_reason=choice.get("finish_reason") or "stop",
+            tokens=completion if completion is not None else estimate_tokens(text + reasoning),
+            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=completion,
+        )
+
+    async def _relay(self, request: GenerationRequest, response: httpx.Response) -> AsyncIterator[Delta]:
+        chat = request.kind == "chat"
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            usage = chunk.get("usage")
+            choices = chunk.get("choices") or ()
+            if choices:
+                choice = choices[0]
+                if chat:
+                    d = choice.get("delta") or {}
+                    text = d.get("content") or ""
+                    reasoning = d.get("reasoning_content") or d.get("reasoning") or ""
+                    tool_calls = d.get("tool_calls")
+                else:
+                    text, reasoning, tool_calls = choice.get("text") or "", "", None
+                finish = choice.get("finish_reason")
+                if text or reasoning or tool_calls or finish:
+                    yield Delta(
+                        text=text, reasoning=reasoning, tool_calls=tool_calls, finish_reason=finish,
+                        tokens=1 if (text or reasoning or tool_calls) else 0,
+                    )
+            if usage:
+                yield Delta(prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+
+    async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
+        body = orjson.dumps({"model": self._model_name, "input": inputs})
+        replica, response = await self._open("/embeddings", body)
+        try:
+            data = orjson.loads(await response.aread())
+            vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d.get("index", 0))]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise EngineError("upstream sent an answer that is not an OpenAI embedding list") from None
+        finally:
+            replica.outstanding -= 1
+            await response.aclose()
+        tokens = (data.get("usage") or {}).get("prompt_tokens") or sum(estimate_tokens(t) for t in inputs)
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,10 +35,20 @@ FULL = {"concurrency": (1, 16, 64, 256), "duration": 10.0, "warmup": 2.0}
 # With --pin: the load generator and the fake upstream share one core, the gateway gets the other.
 PIN_CLIENT, PIN_GATEWAY = {0}, {1}
 loadgen_cpus: set[int] | None = None
+# mode -> (streamed, model). "paced" streams from a second upstream that pauses between chunks, so a
+# gateway that buffers a stream shows it in its time to first token.
+MODES = {"json": (False, "fake"), "stream": (True, "fake"), "paced": (True, "fake-paced")}
 
 
 def run_loadgen(
-    target: Target, *, stream: bool, concurrency: int, duration: float, warmup: float, max_requests: int
+    target: Target,
+    *,
+    stream: bool,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    max_requests: int,
+    model: str = "fake",
 ) -> dict:
     """One cell: the load generator in its own process, with the target's CPU measured around it."""
     argv = [
@@ -54,6 +65,8 @@ def run_loadgen(
         str(warmup),
         "--max-requests",
         str(max_requests),
+        "--model",
+        model,
     ]
     if stream:
         argv.append("--stream")
@@ -132,8 +145,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="measured seconds per cell (default 10; quick 1.5)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds per cell (default 2; quick 0.5)")
     p.add_argument("--max-requests", type=int, default=500_000, help="bound on requests per cell")
-    p.add_argument("--modes", default="json,stream", help="json, stream or both")
-    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="fake upstream pause between chunks")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    p.add_argument(
+        "--paced-delay-ms", type=float, default=2.0, help="pause between chunks of the paced upstream"
+    )
     p.add_argument(
         "--rss-check",
         nargs="?",
@@ -167,12 +182,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else preset["warmup"]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(args.modes) - set(MODES) or set(args.targets) - {"direct", "aiplus", "litellm"}
+    if unknown:
+        p.error(f"unknown mode or target: {', '.join(sorted(unknown))}")
     if args.write is None:
         args.write = not args.quick
     return args
 
 
+def start_gateways(args: argparse.Namespace, workdir: Path, upstreams: dict[str, str]) -> tuple[list, list]:
+    """Start aiplus and LiteLLM as asked; a gateway that does not start is noted and left out."""
+    gateways: list[Target] = []
+    notes: list[str] = []
+    for name in args.targets:
+        if name == "aiplus":
+            command = shlex.split(args.aiplus_cmd) if args.aiplus_cmd else None
+            target: Target = Aiplus(workdir, upstreams, command, args.aiplus_key)
+        elif name == "litellm":
+            target = LiteLLM(workdir, upstreams, Path(args.litellm_venv))
+        else:
+            continue
+        target.cpus = PIN_GATEWAY if args.pin else None
+        try:
+            target.start()
+            target.wait_ready()
+        except (RuntimeError, OSError, ValueError) as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            notes.append(f"{name} did not start: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".strip())
+            print(f"bench: {name} did not start: {exc}", file=sys.stderr, flush=True)
+            target.stop()
+            continue
+        gateways.append(target)
+    return gateways, notes
+
+
+def measure(args: argparse.Namespace, directs: dict[str, Target], gateways: list[Target]) -> dict:
+    """Every mode x concurrency x target cell; targets interleave so slow drift hits them alike."""
+    results: dict[tuple[str, str, int], dict] = {}
+    for mode in args.modes:
+        stream, model = MODES[mode]
+        for c in args.concurrency:
+            cell_targets = ([directs[mode]] if "direct" in args.targets else []) + gateways
+            for target in cell_targets:
+                if not target.server or not target.server.alive():
+                    continue
+                r = run_loadgen(
+                    target,
+                    stream=stream,
+                    model=model,
+                    concurrency=c,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    max_requests=args.max_requests,
+                )
+                results[(target.name, mode, c)] = r
+                extra = f" ttft p50 {r['ttft']['p50_ms']:7.2f} ms" if stream else ""
+                print(
+                    f"  {mode:6} c={c:<3} {target.name:8} {r['rps']:9.0f} req/s  p50 "
+                    f"{r['latency']['p50_ms']:8.2f} ms  p99 {r['latency']['p99_ms']:8.2f} ms{extra}"
+                    f"  errors {r['errors']}",
+                    flush=True,
+                )
+                if r["errors"]:
+                    print(f"    first error: {r['sample_error'][:300]}", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
+    global loadgen_cpus
     args = parse_args(argv)
     command = shlex.join([".venv/bin/python", "bench/overhead.py", *(sys.argv[1:] if argv is None else argv)])
     started = dt.datetime.now(dt.UTC)
@@ -184,88 +261,41 @@ def main(argv: list[str] | None = None) -> int:
     venv = Path(args.litellm_venv)
     if "litellm" in args.targets and not litellm_installed(venv):
         print(
-            f"bench: installing {args.litellm_spec} into {venv} (first run only; takes a few minutes)",
-            flush=True,
+            f"bench: installing {args.litellm_spec} into {venv} (first run only; a few minutes)", flush=True
         )
         installer = install_litellm(venv, args.litellm_spec, workdir / "litellm-install.log")
 
-    global loadgen_cpus
-    direct = Direct(workdir, args.chunk_delay_ms)
-    if args.pin:
-        loadgen_cpus = direct.cpus = PIN_CLIENT
-    targets: list[Target] = [direct]
-    notes: list[str] = []
+    loadgen_cpus = PIN_CLIENT if args.pin else None
+    direct = Direct(workdir)
+    paced = Direct(workdir, args.paced_delay_ms, log_name="fake_upstream_paced.log")
+    directs = {"json": direct, "stream": direct, "paced": paced}
+    upstreams = {"fake": direct.base_url, "fake-paced": paced.base_url}
+    servers: list[Target] = [direct, paced]
     results: dict[tuple[str, str, int], dict] = {}
     peaks: dict[str, float] = {}
     versions: dict[str, str] = {}
     rss: list[dict] = []
+    notes: list[str] = []
     try:
-        direct.start()
-        direct.wait_ready()
+        for upstream in (direct, paced):
+            upstream.cpus = loadgen_cpus
+            upstream.start()
+            upstream.wait_ready()
         if installer is not None and installer.wait() != 0:
             raise RuntimeError(f"installing LiteLLM failed; see {workdir / 'litellm-install.log'}")
-        for name in args.targets:
-            if name == "direct":
-                continue
-            if name == "aiplus":
-                target: Target = Aiplus(
-                    workdir,
-                    direct.base_url,
-                    shlex.split(args.aiplus_cmd) if args.aiplus_cmd else None,
-                    args.aiplus_key,
-                )
-            elif name == "litellm":
-                target = LiteLLM(workdir, direct.base_url, venv)
-            else:
-                raise SystemExit(f"unknown target {name!r}")
-            if args.pin:
-                target.cpus = PIN_GATEWAY
-            try:
-                target.start()
-                target.wait_ready()
-            except (RuntimeError, OSError, ValueError) as exc:  # reported; the other targets still run
-                lines = [line for line in str(exc).splitlines() if line.strip()]
-                notes.append(
-                    f"{name} did not start: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".strip()
-                )
-                print(f"bench: {name} did not start: {exc}", file=sys.stderr, flush=True)
-                target.stop()
-                continue
-            targets.append(target)
-        measured = [t for t in targets if t.name in args.targets]
-        for mode in args.modes:
-            for c in args.concurrency:
-                for target in measured:
-                    if not target.server or not target.server.alive():
-                        continue
-                    r = run_loadgen(
-                        target,
-                        stream=mode == "stream",
-                        concurrency=c,
-                        duration=args.duration,
-                        warmup=args.warmup,
-                        max_requests=args.max_requests,
-                    )
-                    results[(target.name, mode, c)] = r
-                    extra = f" ttft p50 {r['ttft']['p50_ms']:.2f} ms" if mode == "stream" else ""
-                    print(
-                        f"  {mode:6} c={c:<3} {target.name:8} {r['rps']:9.0f} req/s  p50 "
-                        f"{r['latency']['p50_ms']:8.2f} ms  p99 {r['latency']['p99_ms']:8.2f} ms{extra}"
-                        f"  errors {r['errors']}",
-                        flush=True,
-                    )
-                    if r["errors"]:
-                        print(f"    first error: {r['sample_error'][:200]}", flush=True)
-        for target in targets:
+        gateways, notes = start_gateways(args, workdir, upstreams)
+        servers += gateways
+        results = measure(args, directs, gateways)
+        for target in [direct, *gateways]:
             if target.server and target.server.alive():
                 peaks[target.name] = procstat.peak_rss_mib(target.pid)
                 versions[target.name] = target.version
         if args.rss_check:
-            for target in measured:
+            for target in gateways:
                 if target.name in args.rss_targets.split(",") and target.server and target.server.alive():
                     rss.append(rss_check(target, args.rss_check, max(1000, args.rss_check // 10), 16))
     finally:
-        for target in reversed(targets):
+        for target in reversed(servers):
             target.stop()
         if installer is not None and installer.poll() is None:
             os.killpg(installer.pid, signal.SIGTERM)
@@ -273,10 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = dt.datetime.now(dt.UTC)
     table = report.table(results, args.targets, args.modes, args.concurrency)
     checks = report.checks(results, rss, args.targets, peaks)
-    print()
-    print(table)
-    print()
-    print(checks)
+    print(f"\n{table}\n\n{checks}")
     meta = {
         "command": command,
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -287,29 +314,19 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "duration": args.duration,
         "warmup": args.warmup,
-        "chunk_delay_ms": args.chunk_delay_ms,
+        "paced_delay_ms": args.paced_delay_ms,
         "pin": args.pin,
     }
     if args.json_out:
-        Path(args.json_out).write_text(
-            json.dumps(
-                {
-                    "meta": meta,
-                    "rss": rss,
-                    "results": [
-                        {"target": k[0], "mode": k[1], "concurrency": k[2], **v} for k, v in results.items()
-                    ],
-                },
-                indent=2,
-            )
-        )
+        cells = [{"target": k[0], "mode": k[1], "concurrency": k[2], **v} for k, v in results.items()]
+        Path(args.json_out).write_text(json.dumps({"meta": meta, "rss": rss, "results": cells}, indent=2))
     if args.write:
         report.write_section(Path(args.doc), report.section(meta, table, checks, rss))
         print(f"\nbench: wrote {args.doc}")
-    if not args.keep_workdir:
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    if args.keep_workdir:
+        print(f"bench: configs and logs kept in {workdir}")
     else:
-        print(f"bench: logs kept in {workdir}")
+        shutil.rmtree(workdir, ignore_errors=True)
     for note in notes:
         print(f"bench: NOTE {note}", file=sys.stderr)
     return 0

@@ -97,7 +97,7 @@ class Server:
     ) -> None:
         self.name = name
         self.log_path = log_path
-        self.log = open(log_path, "wb")  # noqa: SIM115 - kept open for the server's lifetime
+        self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [*pinned(cpus), *argv],
             stdout=self.log,

@@ -63,9 +63,12 @@ class Direct(Target):
 
     name = "direct"
 
-    def __init__(self, workdir: Path, chunk_delay_ms: float = 0.0) -> None:
+    def __init__(
+        self, workdir: Path, chunk_delay_ms: float = 0.0, log_name: str = "fake_upstream.log"
+    ) -> None:
         super().__init__(workdir)
         self.chunk_delay_ms = chunk_delay_ms
+        self.log_name = log_name
 
     @property
     def base_url(self) -> str:
@@ -80,9 +83,7 @@ class Direct(Target):
             "--chunk-delay-ms",
             str(self.chunk_delay_ms),
         ]
-        self.server = Server(
-            "fake upstream", argv, log_path=self.workdir / "fake_upstream.log", cpus=self.cpus
-        )
+        self.server = Server("fake upstream", argv, log_path=self.workdir / self.log_name, cpus=self.cpus)
 
     def wait_ready(self) -> None:
         assert self.server is not None
@@ -101,7 +102,7 @@ def install_litellm(venv: Path, spec: str, log_path: Path) -> subprocess.Popen |
         f'set -e; "{PYTHON}" -m venv "{venv}"; "{venv}/bin/pip" install --disable-pip-version-check -q '
         f"'{spec}'"
     )
-    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps writing after we return
+    log = open(log_path, "wb")
     return subprocess.Popen(
         ["bash", "-c", script],
         stdout=log,
@@ -117,23 +118,22 @@ class LiteLLM(Target):
     name = "litellm"
     api_key = LITELLM_MASTER_KEY
 
-    def __init__(self, workdir: Path, upstream_url: str, venv: Path) -> None:
+    def __init__(self, workdir: Path, upstreams: dict[str, str], venv: Path) -> None:
         super().__init__(workdir)
-        self.upstream_url = upstream_url
+        self.upstreams = upstreams
         self.venv = venv
 
     def start(self) -> None:
         config = self.workdir / "litellm.yaml"
-        config.write_text(
-            "model_list:\n"
-            "  - model_name: fake\n"
+        models = "".join(
+            f"  - model_name: {model}\n"
             "    litellm_params:\n"
-            "      model: openai/fake\n"
-            f"      api_base: {self.upstream_url}\n"
+            f"      model: openai/{model}\n"
+            f"      api_base: {url}\n"
             "      api_key: sk-upstream\n"
-            "general_settings:\n"
-            f"  master_key: {LITELLM_MASTER_KEY}\n"
+            for model, url in self.upstreams.items()
         )
+        config.write_text(f"model_list:\n{models}general_settings:\n  master_key: {LITELLM_MASTER_KEY}\n")
         env = dict(os.environ)
         # Only loopback is reachable here: use the bundled model-cost map instead of fetching it at start.
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -179,10 +179,14 @@ class Aiplus(Target):
     name = "aiplus"
 
     def __init__(
-        self, workdir: Path, upstream_url: str, command: list[str] | None = None, api_key: str | None = None
+        self,
+        workdir: Path,
+        upstreams: dict[str, str],
+        command: list[str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         super().__init__(workdir)
-        self.upstream_url = upstream_url
+        self.upstreams = upstreams
         self.command = command or [shutil.which("aiplus") or str(Path(PYTHON).parent / "aiplus")]
         self.api_key = api_key
         self.data_dir = workdir / "aiplus-data"
@@ -202,12 +206,10 @@ class Aiplus(Target):
             "\n"
             "[scheduling]\n"
             'policy = "fair"\n'
-            "\n"
-            "[[models]]\n"
-            'id = "fake"\n'
-            'engine = "openai"\n'
-            f'upstreams = ["{self.upstream_url}"]\n'
-            "max_concurrency = 256\n"
+            + "".join(
+                f'\n[[models]]\nid = "{model}"\nengine = "openai"\nupstreams = ["{url}"]\nmax_concurrency = 256\n'
+                for model, url in self.upstreams.items()
+            )
         )
         return config
 

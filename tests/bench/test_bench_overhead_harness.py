@@ -16,9 +16,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-import loadgen
-import procstat
-import report
+import loadgen  # noqa: E402
+import procstat  # noqa: E402
+import report  # noqa: E402
 
 
 def _free_port() -> int:

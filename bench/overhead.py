@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import hotpath
 import procstat
 import report
 from targets import BENCH_DIR, REPO, Aiplus, Direct, LiteLLM, Target, install_litellm, litellm_installed
@@ -119,6 +120,33 @@ def rss_check(target: Target, total: int, batch: int, concurrency: int) -> dict:
     }
 
 
+def profile(target: Target, seconds: float, out_dir: Path) -> list[Path]:
+    """py-spy samples of ``target`` under load (concurrency 16, JSON then streaming), summarised per mode."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for mode in ("json", "stream"):
+        stream, model = MODES[mode]
+        raw = out_dir / f"profile-{target.name}-{mode}.txt"
+        sampler = hotpath.record(target.pid, seconds, raw)
+        run_loadgen(
+            target,
+            stream=stream,
+            model=model,
+            concurrency=16,
+            duration=seconds,
+            warmup=0.3,
+            max_requests=10_000_000,
+        )
+        _, err = sampler.communicate(timeout=seconds + 60)
+        if sampler.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+        summary = out_dir / f"profile-{target.name}-{mode}.md"
+        summary.write_text(f"# py-spy: {target.name}, {mode}, concurrency 16\n\n{hotpath.summarize(raw)}\n")
+        written.append(summary)
+        print(f"  profile {target.name} {mode}: {summary}", flush=True)
+    return written
+
+
 def machine_description() -> str:
     model = ""
     try:
@@ -159,6 +187,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also send N requests (default 100000) through aiplus and report RSS growth",
     )
     p.add_argument("--rss-targets", default="aiplus", help="targets for --rss-check")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        type=float,
+        const=10.0,
+        default=0,
+        metavar="SECONDS",
+        help="also sample aiplus with py-spy under load (default 10 s per mode) into bench/out/",
+    )
+    p.add_argument("--profile-targets", default="aiplus", help="targets for --profile")
     p.add_argument("--litellm-venv", default=str(BENCH_DIR / ".venv-litellm"))
     p.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs into the LiteLLM venv")
     p.add_argument("--aiplus-cmd", help="command that runs aiplus (default: the aiplus next to this python)")
@@ -290,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             if target.server and target.server.alive():
                 peaks[target.name] = procstat.peak_rss_mib(target.pid)
                 versions[target.name] = target.version
+        if args.profile:
+            for target in gateways:
+                if target.name in args.profile_targets.split(",") and target.server and target.server.alive():
+                    profile(target, args.profile, BENCH_DIR / "out")
         if args.rss_check:
             for target in gateways:
                 if target.name in args.rss_targets.split(",") and target.server and target.server.alive():

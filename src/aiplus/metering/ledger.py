@@ -138,7 +138,7 @@ class Ledger:
                     await asyncio.to_thread(self._journal.sync)
                 await self.flush()
                 delay = self._flush_interval
-            except Exception as exc:  # noqa: BLE001 - events stay journaled and queued; retry with backoff
+            except Exception as exc:  # events stay journaled and queued; retry with backoff
                 delay = min(max(delay * 2, self._flush_interval), 10.0)
                 log.warning(
                     "ledger: cannot write %d events (%s); retrying in %.1fs", self.pending, exc, delay
@@ -153,7 +153,7 @@ class Ledger:
             self._writer = None
         try:
             await self.flush()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # the journal keeps them for the next start
             log.error(
                 "ledger: %d events not written at shutdown; they replay from the journal: %s",
                 self.pending,

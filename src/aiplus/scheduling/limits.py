@@ -328,7 +328,7 @@ class RedisBackend(_Backend):
             await asyncio.sleep(HEARTBEAT_EVERY_S)
             try:
                 await self._beat()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("limits: Redis heartbeat failed: %s", exc)
 
     async def seed(self, org: str, month: str, used: int) -> None:
@@ -424,7 +424,7 @@ class Limiter:
         reservation.settled = True
         try:
             await reservation.backend.settle(reservation, max(0, int(actual_tokens)))
-        except Exception as exc:  # noqa: BLE001 - the slot expires with its TTL; metering is the ledger's job
+        except Exception as exc:  # the slot expires with its TTL; metering is the ledger's job
             log.warning("limits: cannot settle reservation %s: %s", reservation.id, exc)
 
     @staticmethod

@@ -54,3 +54,8 @@ def transaction(conn: sa.Connection) -> Iterator[None]:
     else:
         with conn.begin():
             yield
+
+
+def row_dict(row: sa.Row) -> dict:
+    """A plain dict of a row, keyed by plain ``str`` (SQLAlchemy's ``quoted_name`` keys trip up orjson)."""
+    return {str(k): v for k, v in row._mapping.items()}

@@ -87,7 +87,7 @@ class Authenticator:
         if self._redis is not None:
             try:
                 self._redis_version = await self._redis.get(self._version_key)
-            except Exception as exc:  # noqa: BLE001 - Redis down: the DB poller still carries revocations
+            except Exception as exc:  # Redis down: the DB poller still carries revocations
                 log.warning("auth: Redis unreachable at start (%s); revocations propagate by polling", exc)
         self._poller = asyncio.create_task(self._poll(), name="aiplus-auth-poll")
 
@@ -109,7 +109,7 @@ class Authenticator:
             await asyncio.sleep(self._poll_interval)
             try:
                 version = await asyncio.to_thread(self._read_db_version)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("auth: cannot poll the auth version: %s", exc)
                 continue
             if version != self._db_version:
@@ -119,7 +119,7 @@ class Authenticator:
     async def _check_redis_version(self) -> None:
         try:
             version = await self._redis.get(self._version_key)
-        except Exception as exc:  # noqa: BLE001 - fall back to the DB poller
+        except Exception as exc:  # fall back to the DB poller
             log.warning("auth: Redis unreachable (%s); revocations propagate by polling", exc)
             return
         if version != self._redis_version:
@@ -218,7 +218,7 @@ class Authenticator:
         if self._redis is not None:
             try:
                 await self._redis.incr(self._version_key)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("auth: cannot signal Redis (%s); other processes see the change by polling", exc)
 
     async def revoke(self, key_id: str) -> dict:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from aiplus.storage.db import transaction
+from aiplus.storage.db import row_dict, transaction
 from aiplus.storage.tables import api_keys
 from aiplus.tenancy.errors import Invalid, NotFound
 from aiplus.tenancy.orgs import require_org
@@ -33,7 +33,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _public(row: sa.Row) -> dict:
-    out = dict(row._mapping)
+    out = row_dict(row)
     out.pop("digest", None)
     out["models"] = json.loads(out["models"]) if out["models"] else None
     for name in ("created_at", "expires_at", "revoked_at"):
@@ -123,7 +123,7 @@ def lookup_digest(conn: sa.Connection, digest: str) -> dict | None:
     row = conn.execute(query).first()
     if row is None:
         return None
-    out = dict(row._mapping)
+    out = row_dict(row)
     out["models"] = json.loads(out["models"]) if out["models"] else None
     out["expires_at"] = _utc(out["expires_at"])
     out["revoked_at"] = _utc(out["revoked_at"])

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from aiplus.config import DEFAULT_TIERS, SECTORS, TierConfig
-from aiplus.storage.db import transaction
+from aiplus.storage.db import row_dict, transaction
 from aiplus.storage.tables import orgs
 from aiplus.tenancy.errors import Conflict, Invalid, NotFound
 
@@ -39,7 +39,7 @@ def _slug(name: str) -> str:
 def _row(row: sa.Row | None) -> dict | None:
     if row is None:
         return None
-    out = dict(row._mapping)
+    out = row_dict(row)
     if out["created_at"] is not None and out["created_at"].tzinfo is None:
         out["created_at"] = out["created_at"].replace(tzinfo=UTC)
     return out

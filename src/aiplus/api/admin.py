@@ -1,0 +1,246 @@
+"""``/admin/*`` (admin token only) and the organization's own ``GET /v1/usage`` (its API key).
+
+Routes call the same service functions as the CLI. ``router`` holds both; include it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from aiplus.api.errors import APIError, from_tenancy
+from aiplus.metering.usage import parse_day, query_usage, totals
+from aiplus.tenancy.auth import Principal
+from aiplus.tenancy.errors import AuthUnavailable, TenancyError
+from aiplus.tenancy.keys import create_key, list_keys
+from aiplus.tenancy.orgs import create_org, list_orgs, require_org
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def require_admin(request: Request) -> None:
+    """Only the admin token passes; organization API keys never do."""
+    token = _bearer(request)
+    if token is None:
+        raise APIError(
+            401, "Admin routes need 'Authorization: Bearer <admin token>'.", code="missing_api_key"
+        )
+    if token.startswith("aip_"):
+        raise APIError(
+            403, "Organization API keys cannot use /admin routes; use the admin token.", code="admin_only"
+        )
+    if not request.app.state.services.admin.check(token):
+        raise APIError(401, "Incorrect admin token.", code="invalid_api_key")
+
+
+require_admin_dependency = Depends(require_admin)
+
+
+async def require_principal(request: Request) -> Principal:
+    token = _bearer(request)
+    if token is None:
+        raise APIError(
+            401,
+            "You didn't provide an API key. Send it as 'Authorization: Bearer aip_...'.",
+            type="invalid_request_error",
+            code="missing_api_key",
+        )
+    try:
+        principal = await request.app.state.authenticator.authenticate(token)
+    except AuthUnavailable as exc:
+        raise APIError(503, f"{exc}; retry shortly.", code="service_unavailable") from None
+    if principal is None:
+        raise APIError(
+            401,
+            "Incorrect, expired or revoked API key.",
+            type="invalid_request_error",
+            code="invalid_api_key",
+        )
+    return principal
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _ts(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+def org_object(org: dict) -> dict:
+    return {"object": "organization", **org, "created_at": _ts(org["created_at"])}
+
+
+def key_object(key: dict) -> dict:
+    out = {"object": "api_key", **key}
+    for name in ("created_at", "expires_at", "revoked_at"):
+        out[name] = _ts(key[name])
+    return out
+
+
+async def _db(request: Request, fn: Callable, *args, **kwargs) -> Any:
+    """Run a service function in a transaction off the event loop; tenancy failures become API errors."""
+    engine = request.app.state.db
+
+    def call():
+        with engine.begin() as conn:
+            return fn(conn, *args, **kwargs)
+
+    try:
+        return await asyncio.to_thread(call)
+    except TenancyError as exc:
+        raise from_tenancy(exc) from None
+
+
+class OrgCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    sector: str
+    tier: str = "standard"
+    region: str = Field("", max_length=100)
+    employees: int | None = Field(None, ge=0)
+    id: str | None = Field(None, description="default: a slug of the name")
+
+
+class OrgUpdate(BaseModel):
+    tier: str | None = None
+    name: str | None = Field(None, min_length=1, max_length=200)
+    region: str | None = Field(None, max_length=100)
+    employees: int | None = Field(None, ge=0)
+
+
+class KeyCreate(BaseModel):
+    name: str = Field("", max_length=200)
+    expires_at: datetime | None = Field(None, description="ISO 8601; the key stops working then")
+    models: list[str] | None = Field(None, description="model ids this key may use; default: all")
+
+
+admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[require_admin_dependency])
+
+
+@admin.post("/orgs", status_code=201, summary="Create an organization")
+async def post_org(body: OrgCreate, request: Request) -> Response:
+    org = await _db(
+        request,
+        create_org,
+        name=body.name,
+        sector=body.sector,
+        tier=body.tier,
+        region=body.region,
+        employees=body.employees,
+        org_id=body.id,
+        tiers=request.app.state.settings.tiers,
+    )
+    return _json(org_object(org), 201)
+
+
+@admin.get("/orgs", summary="List organizations")
+async def get_orgs(request: Request, sector: str | None = None, tier: str | None = None) -> Response:
+    found = await _db(request, list_orgs, sector=sector, tier=tier)
+    return _json({"object": "list", "data": [org_object(o) for o in found]})
+
+
+@admin.get("/orgs/{org_id}", summary="Show an organization")
+async def get_org(org_id: str, request: Request) -> Response:
+    return _json(org_object(await _db(request, require_org, org_id)))
+
+
+@admin.patch("/orgs/{org_id}", summary="Change an organization's tier (or name, region, head count)")
+async def patch_org(org_id: str, body: OrgUpdate, request: Request) -> Response:
+    try:
+        org = await request.app.state.authenticator.update_org(
+            org_id, request.app.state.settings.tiers, **body.model_dump(exclude_none=True)
+        )
+    except TenancyError as exc:
+        raise from_tenancy(exc) from None
+    return _json(org_object(org))
+
+
+@admin.post("/orgs/{org_id}/keys", status_code=201, summary="Create an API key (its value is shown only now)")
+async def post_key(org_id: str, body: KeyCreate, request: Request) -> Response:
+    secret = request.app.state.services.secret
+    row, plaintext = await _db(
+        request, create_key, secret, org_id, name=body.name, expires_at=body.expires_at, models=body.models
+    )
+    return _json({**key_object(row), "key": plaintext}, 201)
+
+
+@admin.get("/orgs/{org_id}/keys", summary="List an organization's API keys")
+async def get_keys(org_id: str, request: Request) -> Response:
+    def keys_of(conn, org_id):
+        require_org(conn, org_id)
+        return list_keys(conn, org_id)
+
+    found = await _db(request, keys_of, org_id)
+    return _json({"object": "list", "data": [key_object(k) for k in found]})
+
+
+@admin.delete("/keys/{key_id}", summary="Revoke an API key (every server rejects it at once)")
+async def delete_key(key_id: str, request: Request) -> Response:
+    try:
+        key = await request.app.state.authenticator.revoke(key_id)
+    except TenancyError as exc:
+        raise from_tenancy(exc) from None
+    return _json({**key_object(key), "revoked": True})
+
+
+def _usage_params(start: str | None, end: str | None, group_by: str) -> dict:
+    try:
+        params = {"start": parse_day(start, "start"), "end": parse_day(end, "end")}
+    except ValueError as exc:
+        raise APIError(
+            400, str(exc), param="start" if "start" in str(exc) else "end", code="invalid_value"
+        ) from None
+    if group_by not in ("day", "month"):
+        raise APIError(400, "group_by must be 'day' or 'month'", param="group_by", code="invalid_value")
+    return {**params, "group_by": group_by}
+
+
+async def _usage(request: Request, **filters) -> Response:
+    rows = await _db(request, query_usage, **filters)
+    return _json({"object": "list", "data": rows, "totals": totals(rows), "group_by": filters["group_by"]})
+
+
+@admin.get("/usage", summary="Usage of all organizations, from the daily rollups")
+async def admin_usage(
+    request: Request,
+    org_id: str | None = None,
+    model: str | None = None,
+    sector: str | None = None,
+    tier: str | None = None,
+    start: str | None = Query(None, description="first day, inclusive (UTC), e.g. 2026-11-01"),
+    end: str | None = Query(None, description="last day, inclusive (UTC)"),
+    group_by: str = Query("day", description="day or month"),
+) -> Response:
+    params = _usage_params(start, end, group_by)
+    return await _usage(request, org_id=org_id, model=model, sector=sector, tier=tier, **params)
+
+
+v1 = APIRouter(tags=["usage"])
+
+
+@v1.get("/v1/usage", summary="Your organization's usage (its rows only)")
+async def own_usage(
+    request: Request,
+    principal: Principal = Depends(require_principal),
+    model: str | None = None,
+    start: str | None = Query(None, description="first day, inclusive (UTC)"),
+    end: str | None = Query(None, description="last day, inclusive (UTC)"),
+    group_by: str = Query("day", description="day or month"),
+) -> Response:
+    params = _usage_params(start, end, group_by)
+    return await _usage(request, org_id=principal.org_id, model=model, **params)
+
+
+router = APIRouter()
+router.include_router(admin)
+router.include_router(v1)

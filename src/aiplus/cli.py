@@ -42,7 +42,305 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 # Each room adds its own commands below; keep each block in its own function.
 def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
-    """orgs, keys, usage (issue 3)."""
+    """orgs, keys, usage (issue 3): the same service functions the admin API calls, printed as tables."""
+    from datetime import UTC, datetime
+
+    def open_db(args):
+        from aiplus.storage.db import create_engine, migrate
+
+        settings = load_settings(args.config)
+        engine = create_engine(settings.db_url)
+        migrate(engine)
+        return settings, engine
+
+    def table(title: str, columns: list[str], rows: list[list]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(title=title)
+        for column in columns:
+            out.add_column(column, overflow="fold")
+        for row in rows:
+            out.add_row(*("" if v is None else str(v) for v in row))
+        Console(width=None if sys.stdout.isatty() else 200).print(out)  # piped: no wrapping of ids
+
+    def when(value) -> str | None:
+        return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+    def money(micros: int) -> str:
+        sign = "-" if micros < 0 else ""
+        return f"{sign}{abs(micros) // 1_000_000}.{abs(micros) % 1_000_000:06d}"
+
+    def service(fn):
+        """Run a command; tenancy failures print as one line and exit 1."""
+
+        def run(args):
+            from aiplus.tenancy.errors import TenancyError
+
+            try:
+                return fn(args)
+            except TenancyError as exc:
+                print(f"aiplus: {exc.message}", file=sys.stderr)
+                return 1
+
+        return run
+
+    @service
+    def orgs_add(args):
+        from aiplus.tenancy.orgs import create_org
+
+        settings, engine = open_db(args)
+        with engine.begin() as conn:
+            org = create_org(
+                conn,
+                name=args.name,
+                sector=args.sector,
+                tier=args.tier,
+                region=args.region,
+                employees=args.employees,
+                org_id=args.id,
+                tiers=settings.tiers,
+            )
+        print(f"created organization {org['id']} ({org['sector']}, tier {org['tier']})")
+        print(f"next: aiplus keys create {org['id']}")
+
+    @service
+    def orgs_list(args):
+        from aiplus.tenancy.orgs import list_orgs
+
+        _settings, engine = open_db(args)
+        with engine.connect() as conn:
+            found = list_orgs(conn, sector=args.sector, tier=args.tier)
+        rows = [
+            [
+                o["id"],
+                o["name"],
+                o["sector"],
+                o["region"],
+                o["employees"],
+                o["size_class"],
+                o["tier"],
+                when(o["created_at"]),
+            ]
+            for o in found
+        ]
+        table(
+            "organizations", ["id", "name", "sector", "region", "employees", "size", "tier", "created"], rows
+        )
+
+    @service
+    def orgs_show(args):
+        from aiplus.metering.usage import query_usage, totals
+        from aiplus.tenancy.keys import list_keys
+        from aiplus.tenancy.orgs import require_org
+
+        settings, engine = open_db(args)
+        with engine.connect() as conn:
+            org = require_org(conn, args.id)
+            keys = list_keys(conn, args.id)
+            month = datetime.now(UTC).date().replace(day=1)
+            used = totals(query_usage(conn, org_id=args.id, start=month, group_by="month"))
+        tier = settings.tier(org["tier"]) if org["tier"] in {t.name for t in settings.tiers} else None
+        quota = tier.monthly_token_quota if tier else None
+        rows = [[k, v] for k, v in org.items() if k != "created_at"] + [
+            ["created", when(org["created_at"])],
+            ["tokens this month", f"{used['total_tokens']}" + (f" of {quota}" if quota else "")],
+            ["cost this month", money(used["cost_micros"])],
+        ]
+        table(f"organization {org['id']}", ["field", "value"], rows)
+        list_key_rows(keys, f"API keys of {org['id']}")
+
+    @service
+    def orgs_update(args):
+        from aiplus.tenancy.orgs import update_org
+
+        settings, engine = open_db(args)
+        with engine.begin() as conn:
+            org = update_org(
+                conn,
+                args.id,
+                tier=args.tier,
+                name=args.name,
+                region=args.region,
+                employees=args.employees,
+                tiers=settings.tiers,
+            )
+        print(f"organization {org['id']}: tier {org['tier']}, {org['sector']}, {org['size_class'] or '-'}")
+
+    def list_key_rows(keys, title):
+        rows = [
+            [
+                k["id"],
+                k["org_id"],
+                k["prefix"] + "…",
+                k["name"],
+                ",".join(k["models"]) if k["models"] else "all",
+                when(k["created_at"]),
+                when(k["expires_at"]),
+                when(k["revoked_at"]),
+            ]
+            for k in keys
+        ]
+        table(title, ["id", "org", "key", "name", "models", "created", "expires", "revoked"], rows)
+
+    @service
+    def keys_create(args):
+        from aiplus.tenancy.keys import create_key
+        from aiplus.tenancy.secrets import server_secret
+
+        settings, engine = open_db(args)
+        expires = datetime.fromisoformat(args.expires) if args.expires else None
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        with engine.begin() as conn:
+            secret = server_secret(conn, settings.secret)
+            row, key = create_key(
+                conn, secret, args.org, name=args.name, expires_at=expires, models=args.model
+            )
+        print(f"created {row['id']} for {row['org_id']}. The key is shown only now; store it safely:")
+        print(key)
+
+    @service
+    def keys_list(args):
+        from aiplus.tenancy.keys import list_keys
+        from aiplus.tenancy.orgs import require_org
+
+        _settings, engine = open_db(args)
+        with engine.connect() as conn:
+            if args.org:
+                require_org(conn, args.org)
+            keys = list_keys(conn, args.org)
+        list_key_rows(keys, "API keys")
+
+    @service
+    def keys_revoke(args):
+        from aiplus.tenancy.keys import revoke_key
+
+        settings, engine = open_db(args)
+        with engine.begin() as conn:
+            key, _digest = revoke_key(conn, args.key_id)
+        if settings.redis_url:  # servers sharing Redis reject the key on their next request
+            import redis
+
+            from aiplus.storage.redis import DEFAULT_PREFIX
+
+            try:
+                with redis.Redis.from_url(settings.redis_url, socket_timeout=2) as client:
+                    client.incr(f"{DEFAULT_PREFIX}auth:version")
+            except redis.RedisError as exc:
+                print(
+                    f"aiplus: Redis unreachable ({exc}); servers see the revocation within a second by polling",
+                    file=sys.stderr,
+                )
+        print(f"revoked {key['id']} ({key['prefix']}…) of {key['org_id']} at {when(key['revoked_at'])}")
+
+    @service
+    def usage(args):
+        from aiplus.metering.usage import parse_day, query_usage, totals
+
+        _settings, engine = open_db(args)
+        try:
+            start, end = parse_day(args.since, "--since"), parse_day(args.until, "--until")
+        except ValueError as exc:
+            print(f"aiplus: {exc}", file=sys.stderr)
+            return 2
+        with engine.connect() as conn:
+            rows = query_usage(
+                conn,
+                org_id=args.org,
+                model=args.model,
+                sector=args.sector,
+                tier=args.tier,
+                start=start,
+                end=end,
+                group_by=args.by,
+            )
+        columns = [args.by, "org", "model", "requests", "failed", "tools", "prompt", "completion", "cost"]
+        body = [
+            [
+                r["period"],
+                r["org_id"],
+                r["model"],
+                r["requests"],
+                r["failed_requests"],
+                r["tool_requests"],
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                money(r["cost_micros"]),
+            ]
+            for r in rows
+        ]
+        t = totals(rows)
+        body.append(
+            [
+                "total",
+                "",
+                "",
+                t["requests"],
+                t["failed_requests"],
+                t["tool_requests"],
+                t["prompt_tokens"],
+                t["completion_tokens"],
+                money(t["cost_micros"]),
+            ]
+        )
+        table("usage (from the daily rollups, UTC)", columns, body)
+
+    from aiplus.config import SECTORS
+
+    def common(p):
+        p.add_argument("--config", help="path to aiplus.toml (default: $AIPLUS_CONFIG)")
+        return p
+
+    orgs = sub.add_parser("orgs", help="organizations: add, list, show, update")
+    orgs_sub = orgs.add_subparsers(dest="orgs_command", required=True)
+    p = common(orgs_sub.add_parser("add", help="create an organization"))
+    p.add_argument("name")
+    p.add_argument("--sector", required=True, choices=SECTORS)
+    p.add_argument("--tier", default="standard", help="lifeline, standard, batch or a tier from the config")
+    p.add_argument("--region", default="")
+    p.add_argument("--employees", type=int, help="head count (sets the size class)")
+    p.add_argument("--id", help="org id (default: a slug of the name)")
+    p.set_defaults(func=orgs_add)
+    p = common(orgs_sub.add_parser("list", help="list organizations"))
+    p.add_argument("--sector", choices=SECTORS)
+    p.add_argument("--tier")
+    p.set_defaults(func=orgs_list)
+    p = common(orgs_sub.add_parser("show", help="an organization, its keys and this month's usage"))
+    p.add_argument("id")
+    p.set_defaults(func=orgs_show)
+    p = common(orgs_sub.add_parser("update", help="change tier, name, region or head count"))
+    p.add_argument("id")
+    p.add_argument("--tier")
+    p.add_argument("--name")
+    p.add_argument("--region")
+    p.add_argument("--employees", type=int)
+    p.set_defaults(func=orgs_update)
+
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    p = common(keys_sub.add_parser("create", help="create a key (printed once)"))
+    p.add_argument("org", help="org id")
+    p.add_argument("--name", default="")
+    p.add_argument("--expires", help="ISO 8601 date or time (UTC if no offset)")
+    p.add_argument("--model", action="append", help="allow only this model (repeatable; default: all)")
+    p.set_defaults(func=keys_create)
+    p = common(keys_sub.add_parser("list", help="list keys (never their values)"))
+    p.add_argument("org", nargs="?", help="only this org's keys")
+    p.set_defaults(func=keys_list)
+    p = common(keys_sub.add_parser("revoke", help="revoke a key (servers reject it at once with Redis)"))
+    p.add_argument("key_id")
+    p.set_defaults(func=keys_revoke)
+
+    p = common(sub.add_parser("usage", help="usage by day or month, from the ledger's daily rollups"))
+    p.add_argument("--org")
+    p.add_argument("--model")
+    p.add_argument("--sector", choices=SECTORS)
+    p.add_argument("--tier")
+    p.add_argument("--since", help="first day, inclusive (YYYY-MM-DD, UTC)")
+    p.add_argument("--until", help="last day, inclusive")
+    p.add_argument("--by", choices=("day", "month"), default="day")
+    p.set_defaults(func=usage)
 
 
 def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:

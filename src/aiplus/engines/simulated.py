@@ -51,8 +51,12 @@ class _Sequence:
 class BatchModel:
     """The running batch of one replica and the cost of stepping it; callers decide what to admit."""
 
-    def __init__(self, kv_tokens: int = DEFAULT_KV_TOKENS, max_batch: int = DEFAULT_MAX_BATCH,
-                 cost: StepCost | None = None):
+    def __init__(
+        self,
+        kv_tokens: int = DEFAULT_KV_TOKENS,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        cost: StepCost | None = None,
+    ):
         self.kv_tokens = kv_tokens
         self.max_batch = max_batch
         self.cost = cost or StepCost()
@@ -66,8 +70,10 @@ class BatchModel:
         """Whether a sequence of that size can join the batch now (a lone oversized one always can)."""
         if not self._running:
             return True
-        return (len(self._running) < self.max_batch
-                and self.used_tokens + prompt_tokens + max(1, max_tokens) <= self.kv_tokens)
+        return (
+            len(self._running) < self.max_batch
+            and self.used_tokens + prompt_tokens + max(1, max_tokens) <= self.kv_tokens
+        )
 
     def admit(self, key: Any, prompt_tokens: int, max_tokens: int) -> None:
         """Add a sequence; it is prefilled in the next step, which also produces its first token."""
@@ -112,10 +118,13 @@ class SimulatedEngine(Engine):
     kind = "simulated"
     default_max_tokens = 64
 
-    def __init__(self, config: ModelConfig, *, cost: StepCost | None = None, kv_tokens: int = DEFAULT_KV_TOKENS):
+    def __init__(
+        self, config: ModelConfig, *, cost: StepCost | None = None, kv_tokens: int = DEFAULT_KV_TOKENS
+    ):
         super().__init__(config)
-        self.model = BatchModel(kv_tokens=kv_tokens, max_batch=max(DEFAULT_MAX_BATCH, config.max_concurrency),
-                                cost=cost)
+        self.model = BatchModel(
+            kv_tokens=kv_tokens, max_batch=max(DEFAULT_MAX_BATCH, config.max_concurrency), cost=cost
+        )
         self._pending: deque[tuple[asyncio.Queue, int, int]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -135,7 +144,8 @@ class SimulatedEngine(Engine):
         if limit is not None and tokens + (request.max_tokens or 0) > limit:
             raise ContextLengthError(
                 f"this model's context is {limit} tokens; the prompt has about {tokens} "
-                f"and max_tokens asks for {request.max_tokens}")
+                f"and max_tokens asks for {request.max_tokens}"
+            )
         return tokens
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -152,8 +162,13 @@ class SimulatedEngine(Engine):
                 word = _WORDS[produced % len(_WORDS)]
                 produced += 1
                 if last:
-                    yield Delta(text=" " + word, tokens=1, finish_reason="length",
-                                prompt_tokens=prompt_tokens, completion_tokens=produced)
+                    yield Delta(
+                        text=" " + word,
+                        tokens=1,
+                        finish_reason="length",
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=produced,
+                    )
                     return
                 yield Delta(text=" " + word, tokens=1)
         finally:

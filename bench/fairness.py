@@ -1,0 +1,282 @@
+"""Fairness benchmark (issue 4): ``fcfs`` against ``fair`` (weighted VTC) on seven workloads, one table.
+
+Every run drives the server's own ``FairQueue`` in front of the simulated batching engine on a virtual
+clock (``aiplus.scheduling.simulation``) with its default constants (Llama-2-7B on an A10G: 10,000 KV
+tokens, step ``0.020 + 0.0006*batch + 0.0002*prefill`` s, admission every 10 steps), strict head of line
+and no queue timeout, as in the paper's set-up: every request is eventually served. The second table shows
+bounded backfill and the server's 120-s queue timeout. Synthetic workloads are seeded Poisson arrivals
+sized against the engine's measured capacity for their request shape.
+
+    .venv/bin/python bench/fairness.py              # the full table (10-minute workloads), ~10 s
+    .venv/bin/python bench/fairness.py --quick      # shorter workloads, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aiplus.scheduling.simulation import SimRequest, SimResult, simulate
+
+TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lmsys_trace_from_vtc_artifact.csv"
+ABLATIONS = (  # (label, max_bypass, queue_timeout_s) for the second table
+    ("strict head of line (main table)", 0, None),
+    ("backfill past a blocked head, at most 1x", 1, None),
+    ("backfill, at most 4x (live Dispatcher default)", 4, None),
+    ("backfill, at most 8x", 8, None),
+    ("strict, server's 120-s queue timeout", 0, 120.0),
+)
+
+
+@dataclass
+class Workload:
+    name: str
+    requests: list[SimRequest]
+    horizon: float | None  # None: run until every request is done
+    weights: dict[str, float] = field(default_factory=dict)
+    check: Callable[[SimResult], tuple[str, bool | None]] | None = None  # workload-specific target
+
+
+def _uniform(rng: np.random.Generator, mean: int, n: int) -> np.ndarray:
+    return rng.integers(max(1, mean // 2), mean + mean // 2 + 1, size=n)
+
+
+def poisson(
+    rng: np.random.Generator, org: str, rate: float, start: float, stop: float, prompt: int, output: int
+) -> list[SimRequest]:
+    """Poisson arrivals at ``rate`` requests/s in [start, stop); sizes uniform in [mean/2, 3*mean/2]."""
+    n = int(rate * (stop - start) * 1.5) + 10
+    times = start + np.cumsum(rng.exponential(1.0 / rate, size=n))
+    times = times[times < stop]
+    prompts, outputs = _uniform(rng, prompt, len(times)), _uniform(rng, output, len(times))
+    return [
+        SimRequest(float(t), org, int(p), int(o)) for t, p, o in zip(times, prompts, outputs, strict=True)
+    ]
+
+
+def capacity_rps(prompt: int, output: int) -> float:
+    """Requests/s the simulated engine sustains for this request shape (one saturated org, 120 s)."""
+    rng = np.random.default_rng(0)
+    reqs = poisson(rng, "x", 20.0, 0.0, 120.0, prompt, output)
+    res = simulate(reqs, horizon=120.0)
+    return res.throughput / (prompt + output)
+
+
+def share_check(org: str, start: float, limit: float) -> Callable[[SimResult], tuple[str, bool]]:
+    def check(res: SimResult) -> tuple[str, bool]:
+        share = res.shares(start, start + 60.0)[org]
+        return f"{org} share {start:g}-{start + 60:g}s {share:.1%} (<= {limit:.0%})", share <= limit
+
+    return check
+
+
+def weighted_check(res: SimResult) -> tuple[str, bool]:
+    shares = res.shares(60.0)
+    total = sum(range(1, 5))
+    errors = [abs(shares[f"w{w}"] / (w / total) - 1) for w in range(1, 5)]
+    got = ":".join(f"{shares[f'w{w}'] / shares['w1']:.2f}" for w in range(1, 5))
+    return f"shares {got}, worst error {max(errors):.1%} (<= 2%)", max(errors) <= 0.02
+
+
+def workloads(duration: float = 600.0, seed: int = 1) -> list[Workload]:
+    """The issue's workloads; ``duration`` scales the synthetic ones (the trace is always 600 s)."""
+    rng = np.random.default_rng(seed)
+    cap = capacity_rps(256, 256)
+    out = []
+
+    reqs = poisson(rng, "light", cap, 0, duration, 256, 256) + poisson(
+        rng, "heavy", 3 * cap, 0, duration, 256, 256
+    )
+    out.append(Workload("overload 1x+3x", reqs, duration))
+
+    reqs = poisson(rng, "a", 0.75 * cap, 0, duration, 256, 256) + poisson(
+        rng, "b", 1.5 * cap, 0, duration, 256, 256
+    )
+    out.append(Workload("demand 1:2", reqs, duration))
+
+    period = duration / 6
+    reqs = poisson(rng, "steady", 2 * cap, 0, duration, 256, 256)
+    for k in range(0, 6, 2):
+        reqs += poisson(rng, "onoff", cap, k * period, (k + 1) * period, 256, 256)
+    out.append(Workload("on/off", reqs, duration, check=share_check("onoff", 2 * period, 0.55)))
+
+    start = min(120.0, duration / 4)
+    reqs = poisson(rng, "resident", 0.9 * cap, 0, duration, 256, 256)
+    burst = zip(_uniform(rng, 256, 300), _uniform(rng, 256, 300), strict=True)
+    reqs += [SimRequest(start, "newcomer", int(p), int(o)) for p, o in burst]
+    out.append(Workload("newcomer burst 300", reqs, duration, check=share_check("newcomer", start, 0.55)))
+
+    reqs = []
+    for w in range(1, 5):
+        reqs += poisson(rng, f"w{w}", cap, 0, duration, 256, 256)
+    out.append(
+        Workload("weighted 1:2:3:4", reqs, duration, {f"w{w}": float(w) for w in range(1, 5)}, weighted_check)
+    )
+
+    short_cap, long_cap = capacity_rps(32, 256), capacity_rps(1500, 32)
+    reqs = poisson(rng, "short", 1.5 * short_cap, 0, duration, 32, 256)
+    reqs += poisson(rng, "long", 1.5 * long_cap, 0, duration, 1500, 32)
+    out.append(Workload("short vs long prompts", reqs, duration, check=mix_note))
+
+    out.append(Workload("LMSYS trace (27 orgs)", load_trace(), None, check=trace_check))
+    return out
+
+
+def load_trace(path: Path = TRACE) -> list[SimRequest]:
+    with open(path, newline="") as fh:
+        return [
+            SimRequest(float(r["req_time_s"]), r["client"], int(r["prompt_len"]), int(r["output_len"]))
+            for r in csv.DictReader(fh)
+        ]
+
+
+def mix_note(res: SimResult) -> tuple[str, None]:
+    prompt = res.prompt_tokens / res.end
+    return f"served {prompt:.0f} prompt + {res.throughput - prompt:.0f} output tok/s", None
+
+
+def trace_check(res: SimResult) -> tuple[str, bool]:
+    p50 = float(np.percentile(res.ttft(res.lighter_half()), 50))
+    return f"lighter-half TTFT p50 {p50:.2f}s (<= 1 s)", p50 <= 1.0
+
+
+@dataclass
+class Row:
+    workload: str
+    policy: str
+    throughput: float
+    ratio: float
+    kv_used: float
+    msd: float
+    bound: float
+    jain: float | None
+    p50: float
+    p99: float
+    rejected: int
+    requests: int
+    note: str
+    failures: list[str]
+
+
+def run(
+    workload: Workload, policy: str, max_bypass: int = 0, queue_timeout_s: float | None = None
+) -> SimResult:
+    return simulate(
+        workload.requests,
+        policy=policy,
+        weights=workload.weights,
+        horizon=workload.horizon,
+        queue_timeout_s=queue_timeout_s,
+        max_bypass=max_bypass,
+    )
+
+
+def evaluate(workload: Workload, results: dict[str, SimResult]) -> list[Row]:
+    """Metrics per policy; the issue's targets are checked on the ``fair`` row."""
+    rows = []
+    fcfs_tput = results["fcfs"].throughput
+    for policy, res in results.items():
+        light = res.ttft(res.lighter_half())
+        jains = res.jain_windows(60.0)
+        jain = min(jains) if jains else None
+        msd, bound = res.max_service_difference(), res.bound()
+        note, ok = workload.check(res) if workload.check else ("", None)
+        failures = []
+        if policy == "fair":
+            if res.throughput < 0.99 * fcfs_tput:
+                failures.append("throughput < 99% of fcfs")
+            if msd > bound:
+                failures.append("service difference over the bound")
+            if workload.name.startswith("overload") and (jain is None or jain < 0.99):
+                failures.append("windowed Jain < 0.99")
+            if ok is False:
+                failures.append(note)
+        rows.append(
+            Row(
+                workload.name,
+                policy,
+                res.throughput,
+                res.throughput / fcfs_tput,
+                res.kv_used,
+                msd,
+                bound,
+                jain,
+                float(np.percentile(light, 50)) if len(light) else float("nan"),
+                float(np.percentile(light, 99)) if len(light) else float("nan"),
+                res.rejections,
+                len(res.arrival),
+                note,
+                failures,
+            )
+        )
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| workload | policy | tok/s | vs fcfs | KV used | max Δservice | VTC bound | Jain/60 s (min) "
+        "| light TTFT p50 | p99 | rejected | workload check | targets |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        jain = f"{r.jain:.3f}" if r.jain is not None else "-"
+        verdict = (
+            "-" if r.policy != "fair" else ("PASS" if not r.failures else "FAIL: " + "; ".join(r.failures))
+        )
+        lines.append(
+            f"| {r.workload} | {r.policy} | {r.throughput:.0f} | {r.ratio:.3f} | {r.kv_used:.0%} "
+            f"| {r.msd:,.0f} | {r.bound:,.0f} "
+            f"| {jain} | {r.p50:.2f} s | {r.p99:.1f} s | {r.rejected}/{r.requests} | {r.note} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def ablation_table(workload: Workload) -> str:
+    """Head-of-line handling under the token cap, and the queue timeout, on one workload."""
+    lines = [
+        "| variant | policy | tok/s | light TTFT p50 | p99 | max Δservice | rejected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, bypass, timeout in ABLATIONS:
+        for policy in ("fcfs", "fair"):
+            res = run(workload, policy, bypass, timeout)
+            light = res.ttft(res.lighter_half())
+            lines.append(
+                f"| {label} | {policy} | {res.throughput:.0f} | {np.percentile(light, 50):.2f} s "
+                f"| {np.percentile(light, 99):.1f} s | {res.max_service_difference():,.0f} "
+                f"| {res.rejections}/{len(res.arrival)} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="240-s synthetic workloads instead of 600 s")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the second table")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rows = []
+    loads = workloads(240.0 if args.quick else 600.0)
+    for workload in loads:
+        rows += evaluate(workload, {policy: run(workload, policy) for policy in ("fcfs", "fair")})
+    print(table(rows))
+    if not args.no_ablations:
+        print("\nVariants on the LMSYS trace:\n")
+        print(ablation_table(loads[-1]))
+    failed = [r for r in rows if r.failures]
+    print(
+        f"\n{len(rows) // 2 - len(failed)}/{len(rows) // 2} workloads meet every target "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

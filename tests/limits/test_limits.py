@@ -157,3 +157,16 @@ async def test_reservations_of_a_dead_process_do_not_leak(redis_prefix):
     await alive.reserve(principal(), 1)
     await alive.reserve(principal(), 1)
     await alive.close()
+
+
+async def test_redis_outage_falls_back_to_the_process():
+    from aiplus.storage.redis import create_redis
+
+    dead = create_redis("redis://127.0.0.1:1")
+    limiter = create_limiter(settings(requests_per_minute=2), redis=dead)
+    first = await limiter.reserve(principal(), 1)  # served, enforced per process while Redis is away
+    await limiter.reserve(principal(), 1)
+    with pytest.raises(RateLimited):
+        await limiter.reserve(principal(), 1)
+    await limiter.settle(first, 1)
+    await dead.aclose()

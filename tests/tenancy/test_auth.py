@@ -114,3 +114,15 @@ async def test_revocation_without_redis_arrives_by_polling(db):
     await asyncio.sleep(0.3)
     assert await server.authenticate(key) is None
     await server.close()
+
+
+async def test_redis_outage_falls_back_to_polling(sqlite_db):
+    _row, key = setup_org(sqlite_db)
+    dead = create_redis("redis://127.0.0.1:1")  # nothing listens there
+    auth = Authenticator(sqlite_db, SECRET, DEFAULT_TIERS, redis=dead)
+    await auth.start()
+    assert await auth.authenticate(key) is not None
+    await auth.revoke(_row["id"])
+    assert await auth.authenticate(key) is None
+    await auth.close()
+    await dead.aclose()

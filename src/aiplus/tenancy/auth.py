@@ -80,6 +80,7 @@ class Authenticator:
         self._epoch = 0
         self._db_version: str | None = None
         self._redis_version: bytes | None = None
+        self._redis_ok = True
         self._poller: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -120,8 +121,13 @@ class Authenticator:
         try:
             version = await self._redis.get(self._version_key)
         except Exception as exc:  # fall back to the DB poller
-            log.warning("auth: Redis unreachable (%s); revocations propagate by polling", exc)
+            if self._redis_ok:
+                log.warning(
+                    "auth: Redis unreachable (%s); revocations propagate by polling until it is back", exc
+                )
+                self._redis_ok = False
             return
+        self._redis_ok = True
         if version != self._redis_version:
             self._redis_version = version
             self._epoch += 1

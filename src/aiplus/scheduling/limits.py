@@ -146,7 +146,7 @@ class _OrgState:
     req_ts: float = 0.0
     tok: float | None = None
     tok_ts: float = 0.0
-    inflight: dict[str, int] = field(default_factory=dict)
+    inflight: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (tokens, deadline)
     month: str = ""
     used: int | None = None
 
@@ -179,6 +179,9 @@ class MemoryBackend(_Backend):
     async def reserve(self, org: str, tier: TierConfig, tokens: int, res_id: str, month: str) -> _Outcome:
         state = self._state(org, month)
         now = time.monotonic()
+        if state.inflight:  # a reservation nobody settled (a caller's bug) must not hold a slot forever
+            for stale in [k for k, (_t, deadline) in state.inflight.items() if deadline < now]:
+                del state.inflight[stale]
         rpm, tpm = tier.requests_per_minute, tier.tokens_per_minute
         req = _refill(state.req, state.req_ts, now, rpm) if rpm else 0.0
         tok = _refill(state.tok, state.tok_ts, now, tpm) if tpm else 0.0
@@ -189,7 +192,8 @@ class MemoryBackend(_Backend):
         if tier.monthly_token_quota:
             if state.used + tokens > tier.monthly_token_quota:
                 return _Outcome(QUOTA_EXHAUSTED, state.used, req, tok)
-            if state.used + sum(state.inflight.values()) + tokens > tier.monthly_token_quota:
+            reserved = sum(t for t, _deadline in state.inflight.values())
+            if state.used + reserved + tokens > tier.monthly_token_quota:
                 return _Outcome(QUOTA_BUSY, 1000, req, tok)
         if tpm and tokens > tpm:
             return _Outcome(TOO_LARGE, 60_000, req, tok)
@@ -201,7 +205,7 @@ class MemoryBackend(_Backend):
             state.req, state.req_ts = req - 1, now
         if tpm:
             state.tok, state.tok_ts = tok - tokens, now
-        state.inflight[res_id] = tokens
+        state.inflight[res_id] = (tokens, now + RESERVATION_TTL_S)
         return _Outcome(OK, 0, req - 1, tok - tokens)
 
     async def settle(self, res: Reservation, actual: int) -> None:

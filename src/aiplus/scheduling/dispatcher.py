@@ -95,11 +95,10 @@ class Ticket:
 
 
 class _Org:
-    __slots__ = ("id", "weight", "counter", "queue", "inflight")
+    __slots__ = ("id", "counter", "queue", "inflight")
 
-    def __init__(self, org_id: str, weight: float):
+    def __init__(self, org_id: str):
         self.id = org_id
-        self.weight = weight
         self.counter = 0.0
         self.queue: deque[Ticket] = deque()
         self.inflight = 0
@@ -151,13 +150,12 @@ class FairQueue:
         now: float = 0.0,
         payload: Any = None,
     ) -> Ticket:
-        """Queue a request; lift the org's counter if this request (re)activates it."""
+        """Queue a request; lift the org's counter if this request makes it backlogged."""
         if weight <= 0:
             raise ValueError(f"weight must be > 0, not {weight}")
         org = self._orgs.get(org_id)
         if org is None:
-            org = self._orgs[org_id] = _Org(org_id, weight)
-        org.weight = weight
+            org = self._orgs[org_id] = _Org(org_id)
         if not org.queue:
             self._lift(org)
             self._backlogged[org_id] = org

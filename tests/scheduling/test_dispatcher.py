@@ -174,3 +174,18 @@ def test_metrics_track_queue_length_and_waiting_time_per_tier():
     assert count == 3
     waited = REGISTRY.get_sample_value("aiplus_queue_wait_seconds_sum", {"model": model, "tier": "lifeline"})
     assert waited > 0
+
+
+def test_resize_dispatches_waiters_when_capacity_grows():
+    async def main() -> None:
+        dispatcher = Dispatcher(model_id(), 1)
+        first = await dispatcher.acquire("A", 1.0, 10, 10)
+        waiters = [asyncio.create_task(dispatcher.acquire("B", 1.0, 10, 10)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        dispatcher.resize(3)
+        leases = await asyncio.wait_for(asyncio.gather(*waiters), 1.0)
+        assert dispatcher.snapshot()["in_flight"] == 3
+        for lease in [first, *leases]:
+            lease.release()
+
+    asyncio.run(main())

@@ -457,6 +457,14 @@ class Dispatcher:
             self._hold_s += 0.05 * (self._now() - ticket.dispatched_at - self._hold_s)
         self._pump()
 
+    def resize(self, capacity: int, max_inflight_tokens: int | None = None) -> None:
+        """Change the budget (replicas came or went); waiters are dispatched at once if it grew."""
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.queue.capacity = capacity
+        self.queue.max_inflight_tokens = max_inflight_tokens
+        self._pump()
+
     def retry_after(self) -> int:
         """Seconds a client should wait before retrying: the time the current queue needs to drain."""
         queue = self.queue

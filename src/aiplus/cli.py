@@ -222,11 +222,11 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
         if settings.redis_url:  # servers sharing Redis reject the key on their next request
             import redis
 
-            from aiplus.storage.redis import DEFAULT_PREFIX
+            from aiplus.storage.redis import key_prefix
 
             try:
                 with redis.Redis.from_url(settings.redis_url, socket_timeout=2) as client:
-                    client.incr(f"{DEFAULT_PREFIX}auth:version")
+                    client.incr(f"{key_prefix()}auth:version")
             except redis.RedisError as exc:
                 print(
                     f"aiplus: Redis unreachable ({exc}); servers see the revocation within a second by polling",

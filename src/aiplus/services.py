@@ -18,7 +18,7 @@ from aiplus.metering.ledger import Ledger
 from aiplus.metering.tariffs import Tariff
 from aiplus.scheduling.limits import Limiter, create_limiter
 from aiplus.storage.db import create_engine, migrate
-from aiplus.storage.redis import DEFAULT_PREFIX, create_redis
+from aiplus.storage.redis import DEFAULT_PREFIX, create_redis, key_prefix
 from aiplus.tenancy.auth import Authenticator
 from aiplus.tenancy.bootstrap import bootstrap
 from aiplus.tenancy.secrets import AdminAuth
@@ -58,9 +58,10 @@ async def start_services(
     settings: Settings,
     *,
     say: Callable[[str], None] | None = print,
-    redis_prefix: str = DEFAULT_PREFIX,
+    redis_prefix: str | None = None,
 ) -> Services:
     """Open the database (migrated), bootstrap secrets and the demo org, start ledger, auth and limits."""
+    redis_prefix = redis_prefix or key_prefix()
     db = create_engine(settings.db_url)
     await asyncio.to_thread(migrate, db)
     boot = await asyncio.to_thread(bootstrap, db, settings, say)

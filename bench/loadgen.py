@@ -223,13 +223,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def summarize(values: array) -> dict[str, float]:
+def summarize(values: array) -> dict[str, float | None]:
+    """Percentiles in milliseconds; None when nothing was measured (JSON has no NaN)."""
     ordered = sorted(values)
+    if not ordered:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None}
     return {
         "p50_ms": percentile(ordered, 50) * 1000,
         "p90_ms": percentile(ordered, 90) * 1000,
         "p99_ms": percentile(ordered, 99) * 1000,
-        "mean_ms": (sum(ordered) / len(ordered) * 1000) if ordered else float("nan"),
+        "mean_ms": sum(ordered) / len(ordered) * 1000,
     }
 
 

@@ -254,7 +254,13 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstreams: dict[str,
     return gateways, notes
 
 
-def measure(args: argparse.Namespace, directs: dict[str, Target], gateways: list[Target]) -> dict:
+def _ms(value: float | None) -> str:
+    return "       – ms" if value is None else f"{value:8.2f} ms"
+
+
+def measure(
+    args: argparse.Namespace, directs: dict[str, Target], gateways: list[Target], notes: list[str]
+) -> dict:
     """Every mode x concurrency x target cell; targets interleave so slow drift hits them alike."""
     results: dict[tuple[str, str, int], dict] = {}
     for mode in args.modes:
@@ -264,20 +270,25 @@ def measure(args: argparse.Namespace, directs: dict[str, Target], gateways: list
             for target in cell_targets:
                 if not target.server or not target.server.alive():
                     continue
-                r = run_loadgen(
-                    target,
-                    stream=stream,
-                    model=model,
-                    concurrency=c,
-                    duration=args.duration,
-                    warmup=args.warmup,
-                    max_requests=args.max_requests,
-                )
+                try:
+                    r = run_loadgen(
+                        target,
+                        stream=stream,
+                        model=model,
+                        concurrency=c,
+                        duration=args.duration,
+                        warmup=args.warmup,
+                        max_requests=args.max_requests,
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    notes.append(f"{target.name} {mode} c={c}: the load generator failed: {exc}"[:300])
+                    print(f"  {mode:6} c={c:<3} {target.name:8} FAILED: {exc}", flush=True)
+                    continue
                 results[(target.name, mode, c)] = r
-                extra = f" ttft p50 {r['ttft']['p50_ms']:7.2f} ms" if stream else ""
+                extra = f" ttft p50 {_ms(r['ttft']['p50_ms'])}" if stream else ""
                 print(
                     f"  {mode:6} c={c:<3} {target.name:8} {r['rps']:9.0f} req/s  p50 "
-                    f"{r['latency']['p50_ms']:8.2f} ms  p99 {r['latency']['p99_ms']:8.2f} ms{extra}"
+                    f"{_ms(r['latency']['p50_ms'])}  p99 {_ms(r['latency']['p99_ms'])}{extra}"
                     f"  errors {r['errors']}",
                     flush=True,
                 )
@@ -323,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"installing LiteLLM failed; see {workdir / 'litellm-install.log'}")
         gateways, notes = start_gateways(args, workdir, upstreams)
         servers += gateways
-        results = measure(args, directs, gateways)
+        results = measure(args, directs, gateways, notes)
         for target in [direct, *gateways]:
             if target.server and target.server.alive():
                 peaks[target.name] = procstat.peak_rss_mib(target.pid)

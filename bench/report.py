@@ -18,6 +18,10 @@ def _f(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _diff(value: float | None, base: float | None) -> float | None:
+    return None if value is None or base is None else value - base
+
+
 def table(results: Results, targets: list[str], modes: list[str], concurrency: tuple[int, ...]) -> str:
     """One markdown table: a row per mode, concurrency and target; added figures are over direct."""
     head = (
@@ -37,10 +41,10 @@ def table(results: Results, targets: list[str], modes: list[str], concurrency: t
                 ttft = r.get("ttft", {}).get("p50_ms") if stream else None
                 add50 = add99 = add_ttft = None
                 if base is not None and name != "direct":
-                    add50 = lat["p50_ms"] - base["latency"]["p50_ms"]
-                    add99 = lat["p99_ms"] - base["latency"]["p99_ms"]
-                    if stream and ttft is not None:
-                        add_ttft = ttft - base["ttft"]["p50_ms"]
+                    add50 = _diff(lat["p50_ms"], base["latency"]["p50_ms"])
+                    add99 = _diff(lat["p99_ms"], base["latency"]["p99_ms"])
+                    if stream:
+                        add_ttft = _diff(ttft, base.get("ttft", {}).get("p50_ms"))
                 rows.append(
                     f"| {mode} | {c} | {name} | {r['rps']:.0f} | {_f(lat['p50_ms'], 3)} | {_f(lat['p99_ms'], 3)} "
                     f"| {_f(add50, 3, True)} | {_f(add99, 3, True)} | {_f(ttft, 3)} | {_f(add_ttft, 3, True)} "
@@ -56,18 +60,19 @@ def _get(results: Results, name: str, mode: str, c: int) -> dict | None:
 def checks(
     results: Results, rss: list[dict], targets: list[str], peaks: dict[str, float] | None = None
 ) -> str:
-    """The issue's targets, each with the measured figure and whether it is met."""
+    """The issue's targets, each with the measured figure and whether it is met (errors fail a target)."""
     lines = []
 
-    def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("met" if ok else "NOT met")
+    def verdict(ok: bool, *cells: dict) -> str:
+        errors = sum(cell["errors"] for cell in cells)
+        return ("met" if ok else "NOT met") if not errors else f"NOT met ({errors} errors)"
 
     direct1, aip1 = _get(results, "direct", "json", 1), _get(results, "aiplus", "json", 1)
-    if direct1 and aip1:
-        added = aip1["latency"]["p50_ms"] - direct1["latency"]["p50_ms"]
+    added = _diff(aip1 and aip1["latency"]["p50_ms"], direct1 and direct1["latency"]["p50_ms"])
+    if added is not None:
         lines.append(
             f"- aiplus added p50 latency at concurrency 1: {added:.3f} ms (target <= 0.5 ms): "
-            f"{verdict(added <= 0.5)}"
+            f"{verdict(added <= 0.5, aip1)}"
         )
     aip16, lit16 = _get(results, "aiplus", "json", 16), _get(results, "litellm", "json", 16)
     if aip16:
@@ -76,23 +81,23 @@ def checks(
         ok = aip16["rps"] >= 2000 and (ratio is None or ratio >= 15)
         lines.append(
             f"- aiplus requests/s at concurrency 16, non-streaming: {aip16['rps']:.0f}{ratio_txt} "
-            f"(target >= 2,000 and >= 15x LiteLLM): {verdict(ok)}"
+            f"(target >= 2,000 and >= 15x LiteLLM): {verdict(ok, aip16)}"
         )
     for mode, c in (("stream", 1), ("stream", 16), ("paced", 1), ("paced", 16)):
         ds, ast = _get(results, "direct", mode, c), _get(results, "aiplus", mode, c)
-        if ds and ast and "ttft" in ds and "ttft" in ast:
-            added = ast["ttft"]["p50_ms"] - ds["ttft"]["p50_ms"]
+        added = _diff(ast and ast.get("ttft", {}).get("p50_ms"), ds and ds.get("ttft", {}).get("p50_ms"))
+        if added is not None:
             lines.append(
                 f"- aiplus added time to first token (p50), {mode}, concurrency {c}: {added:.3f} ms "
-                f"(target <= 1 ms): {verdict(added <= 1.0)}"
+                f"(target <= 1 ms): {verdict(added <= 1.0, ast)}"
             )
     for check in rss:
         lines.append(
             f"- {check['target']} RSS over {check['requests']:,} requests: {check['baseline_mib']:.1f} MiB after "
             f"the first batch -> {check['final_mib']:.1f} MiB, growth {check['growth'] * 100:+.1f}% "
-            f"(target < 10%): {verdict(check['growth'] < 0.10)}; errors {check['errors']}"
+            f"(target < 10%): {verdict(check['growth'] < 0.10, check)}"
         )
-    if not any(name == "aiplus" for name, _, _ in results):
+    if "aiplus" in targets and not any(name == "aiplus" for name, _, _ in results):
         lines.append("- aiplus: not measured in this run (see the notes)")
     if peaks:
         lines.append(

@@ -115,3 +115,15 @@ async def test_journal_replay_after_kill_9(db_and_url, tmp_path):
     raw, prompt, rolled = counts(engine)
     assert rolled == raw and prompt == 10 * raw  # rollups match the raw rows after the replay
     assert list((tmp_path / "journal").glob("*.jsonl")) == []
+
+
+async def test_an_event_recorded_after_close_is_kept_for_the_next_start(sqlite_db, tmp_path):
+    ledger = Ledger(sqlite_db, tmp_path)
+    await ledger.start()
+    await ledger.close()
+    ledger.record(event(1))  # a straggler finishing during shutdown
+    ledger._journal.close()  # the process exits
+    again = Ledger(sqlite_db, tmp_path)
+    await again.start()
+    await again.close()
+    assert again.replayed == 1 and counts(sqlite_db)[0] == 1

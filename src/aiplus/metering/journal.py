@@ -45,6 +45,9 @@ class Journal:
     def append(self, line: bytes) -> None:
         """Write one line with one ``write`` call: in the page cache, it outlives a crash of this process."""
         with self._lock:
+            if self._fd < 0:  # recorded after close (a straggler at shutdown): keep it for the next start
+                self._fd, self._path = self._new_segment()
+                self._count = 0
             view = memoryview(line)
             while view:
                 written = os.write(self._fd, view)

@@ -82,3 +82,20 @@ def test_rollups_equal_raw_sums(db):
     assert sql_raw[0] == sum(v[0] for v in raw.values())
     assert sql_raw[1] == sum(r.prompt_tokens for r in rows)
     assert sql_raw[2] == sum(r.cost_micros for r in rows)
+
+
+def test_overlapping_concurrent_writers_insert_each_event_once(db):
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = [event(i) for i in range(400)]
+
+    def write(batch):
+        with db.begin() as conn:
+            return write_events(conn, batch)
+
+    batches = [events[::-1], events, events[100:300], events[::2], events[1::2][::-1]]
+    with ThreadPoolExecutor(len(batches)) as pool:
+        new = sum(pool.map(write, batches))
+    assert new == 400
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.sum(usage_daily.c.requests))).scalar() == 400

@@ -84,9 +84,8 @@ def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
         return 0
     with transaction(conn):
         stmt = _insert(conn, usage_events).on_conflict_do_nothing(index_elements=["request_id"])
-        inserted = (
-            conn.execute(stmt.returning(usage_events.c.request_id), list(rows.values())).scalars().all()
-        )
+        ordered = [rows[rid] for rid in sorted(rows)]  # one lock order for overlapping writers: no deadlocks
+        inserted = conn.execute(stmt.returning(usage_events.c.request_id), ordered).scalars().all()
         if inserted:
             _add_to_rollups(conn, [rows[rid] for rid in inserted])
     return len(inserted)

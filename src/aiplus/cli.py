@@ -227,6 +227,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
             try:
                 with redis.Redis.from_url(settings.redis_url, socket_timeout=2) as client:
                     client.incr(f"{key_prefix()}auth:version")
+                    client.publish(f"{key_prefix()}auth:changed", "changed")
             except redis.RedisError as exc:
                 print(
                     f"aiplus: Redis unreachable ({exc}); servers see the revocation within a second by polling",

@@ -126,3 +126,26 @@ async def test_redis_outage_falls_back_to_polling(sqlite_db):
     assert await auth.authenticate(key) is None
     await auth.close()
     await dead.aclose()
+
+
+async def test_pubsub_mode_revokes_within_milliseconds_without_a_per_request_round_trip(db, redis_prefix):
+    client, prefix = redis_prefix
+    row, key = setup_org(db)
+    kw = {"redis": client, "redis_prefix": prefix, "poll_interval": 3600, "revocation": "pubsub"}
+    one, two = Authenticator(db, SECRET, DEFAULT_TIERS, **kw), Authenticator(db, SECRET, DEFAULT_TIERS, **kw)
+    await one.start()
+    await two.start()
+    await asyncio.sleep(0.1)  # subscribed
+    assert await two.authenticate(key) is not None
+    calls = []
+    real_get = client.get
+    client.get = lambda *a: calls.append(a) or real_get(*a)
+    assert await two.authenticate(key) is not None and calls == []
+    client.get = real_get
+    await one.revoke(row["id"])
+    deadline = asyncio.get_running_loop().time() + 0.5
+    while await two.authenticate(key) is not None:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.001)
+    await one.close()
+    await two.close()

@@ -3,7 +3,9 @@
 Steady state: one HMAC and one dict lookup per request, no database round trip. A revocation anywhere
 changes an auth version; every cached key is revalidated against the database on its next use:
 - in the revoking process at once (``revoke`` also drops the entry);
-- in other processes sharing Redis at once: ``INCR`` of a version key, read with one ``GET`` per request;
+- in other processes sharing Redis at once: ``INCR`` of a version key, read with one ``GET`` per request
+  (``revocation="strict"``, the default); or, with ``revocation="pubsub"``, no per-request round trip and
+  a published change that reaches the other processes about a millisecond later;
 - without Redis, within ``poll_interval`` seconds: a background task polls the version row in ``secrets``.
 A database failure never turns into a cached rejection: entries are only cached from successful reads.
 """
@@ -11,6 +13,7 @@ A database failure never turns into a cached rejection: entries are only cached 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -65,6 +68,7 @@ class Authenticator:
         ttl: float = 300.0,
         negative_ttl: float = 5.0,
         poll_interval: float = 1.0,
+        revocation: str = "strict",
     ):
         self._engine = engine
         self._secret = secret
@@ -81,7 +85,12 @@ class Authenticator:
         self._db_version: str | None = None
         self._redis_version: bytes | None = None
         self._redis_ok = True
+        if revocation not in ("strict", "pubsub"):
+            raise ValueError("revocation must be 'strict' (one Redis GET per request) or 'pubsub'")
+        self._strict = revocation == "strict"
+        self._channel = f"{redis_prefix}auth:changed"
         self._poller: asyncio.Task | None = None
+        self._listener: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._db_version = await asyncio.to_thread(self._read_db_version)
@@ -91,8 +100,31 @@ class Authenticator:
             except Exception as exc:  # Redis down: the DB poller still carries revocations
                 log.warning("auth: Redis unreachable at start (%s); revocations propagate by polling", exc)
         self._poller = asyncio.create_task(self._poll(), name="aiplus-auth-poll")
+        if self._redis is not None and not self._strict:
+            self._listener = asyncio.create_task(self._listen(), name="aiplus-auth-listen")
+
+    async def _listen(self) -> None:
+        """``pubsub`` mode: a change published by any process bumps the epoch here (~1 ms later)."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._epoch += 1  # changes missed while (re)subscribing
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._epoch += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: the DB poller carries revocations meanwhile
+                log.warning("auth: Redis subscription lost (%s); resubscribing", exc)
+                await asyncio.sleep(1.0)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._poller is not None:
             self._poller.cancel()
             try:
@@ -139,7 +171,7 @@ class Authenticator:
         """
         if not bearer_token.startswith(KEY_PREFIX) or len(bearer_token) > MAX_KEY_LENGTH:
             return None
-        if self._redis is not None:
+        if self._redis is not None and self._strict:
             await self._check_redis_version()
         digest = key_digest(self._secret, bearer_token)
         now = time.monotonic()
@@ -224,6 +256,7 @@ class Authenticator:
         if self._redis is not None:
             try:
                 await self._redis.incr(self._version_key)
+                await self._redis.publish(self._channel, "changed")
             except Exception as exc:
                 log.warning("auth: cannot signal Redis (%s); other processes see the change by polling", exc)
 

@@ -30,6 +30,7 @@ RESERVATION_TTL_S = 900  # longer than any request may run; a reservation older 
 HEARTBEAT_TTL_S = 15
 HEARTBEAT_EVERY_S = 5
 MONTH_KEY_TTL_S = 40 * 86400
+SHARED_RETRY_S = 1.0  # after Redis fails, limits are enforced per process for this long before retrying it
 
 OK, CONCURRENCY, QUOTA_EXHAUSTED, RPM, TPM, TOO_LARGE, QUOTA_BUSY, NEED_SEED = 0, 1, 2, 3, 4, 5, 6, -1
 
@@ -374,6 +375,7 @@ class Limiter:
         self._fallback = fallback
         self._month_usage = month_usage
         self._redis_down_logged = False
+        self._shared_down_until = 0.0
         self.owned_redis = None  # a client create_limiter opened, closed with the limiter
 
     async def start(self) -> None:
@@ -395,20 +397,25 @@ class Limiter:
         org, month, res_id = principal.org_id, _month(), uuid.uuid4().hex
         tokens = max(0, int(tokens))
         backend = self._backend
+        if self._fallback is not None and time.monotonic() < self._shared_down_until:
+            backend = self._fallback  # shared state failed a moment ago: do not make every request wait on it
         try:
             outcome = await self._reserve(backend, org, tier, tokens, res_id, month)
         except Exception as exc:
-            if self._fallback is None:
+            if self._fallback is None or backend is self._fallback:
                 raise
             if not self._redis_down_logged:
                 log.error(
                     "limits: shared state unreachable (%s); enforcing per process until it is back", exc
                 )
                 self._redis_down_logged = True
+            self._shared_down_until = time.monotonic() + SHARED_RETRY_S
             backend = self._fallback
             outcome = await self._reserve(backend, org, tier, tokens, res_id, month)
         else:
-            self._redis_down_logged = False
+            if backend is self._backend and self._redis_down_logged:
+                log.warning("limits: shared state reachable again")
+                self._redis_down_logged = False
         headers = _headers(tier, outcome.req_level, outcome.tok_level)
         if outcome.status != OK:
             raise self._refusal(outcome, tier, tokens, month, headers)

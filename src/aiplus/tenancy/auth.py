@@ -85,6 +85,7 @@ class Authenticator:
         self._db_version: str | None = None
         self._redis_version: bytes | None = None
         self._redis_ok = True
+        self._db_ok = True
         if revocation not in ("strict", "pubsub"):
             raise ValueError("revocation must be 'strict' (one Redis GET per request) or 'pubsub'")
         self._strict = revocation == "strict"
@@ -143,8 +144,11 @@ class Authenticator:
             try:
                 version = await asyncio.to_thread(self._read_db_version)
             except Exception as exc:
-                log.warning("auth: cannot poll the auth version: %s", exc)
+                if self._db_ok:
+                    log.warning("auth: cannot poll the auth version (%s); retrying every second", exc)
+                    self._db_ok = False
                 continue
+            self._db_ok = True
             if version != self._db_version:
                 self._db_version = version
                 self._epoch += 1

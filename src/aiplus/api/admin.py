@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
@@ -28,7 +29,16 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def require_admin(request: Request) -> None:
+# Declared for the OpenAPI docs' "Authorize" button; the checks below make their own OpenAI-style errors.
+admin_scheme = HTTPBearer(
+    auto_error=False, scheme_name="admin token", description="the admin token (aipadm_...)"
+)
+key_scheme = HTTPBearer(
+    auto_error=False, scheme_name="API key", description="an organization's key (aip_...)"
+)
+
+
+async def require_admin(request: Request, _creds: Any = Depends(admin_scheme)) -> None:
     """Only the admin token passes; organization API keys never do."""
     token = _bearer(request)
     if token is None:
@@ -46,7 +56,8 @@ async def require_admin(request: Request) -> None:
 require_admin_dependency = Depends(require_admin)
 
 
-async def require_principal(request: Request) -> Principal:
+async def require_principal(request: Request, _creds: Any = Depends(key_scheme)) -> Principal:
+    """The organization behind the request's API key (401 otherwise), through the hot-path Authenticator."""
     token = _bearer(request)
     if token is None:
         raise APIError(

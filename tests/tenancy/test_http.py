@@ -108,3 +108,13 @@ async def test_org_sees_only_its_own_usage_and_keys(stack):
     assert r.status_code == 400
     keys = (await stack.get("/admin/orgs/a/keys", headers=stack.admin_headers)).json()["data"]
     assert [k["id"] for k in keys] == [a["id"]] and "digest" not in keys[0] and "key" not in keys[0]
+
+
+async def test_tier_change_reaches_cached_principals_at_once(stack):
+    created = await make_org(stack, "a")
+    auth = stack.services.authenticator
+    assert (await auth.authenticate(created["key"])).tier == "standard"
+    r = await stack.patch("/admin/orgs/a", json={"tier": "lifeline"}, headers=stack.admin_headers)
+    assert r.status_code == 200
+    principal = await auth.authenticate(created["key"])
+    assert (principal.tier, principal.weight) == ("lifeline", 2.0)

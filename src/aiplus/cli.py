@@ -345,7 +345,147 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
-    """registry, adoption, demo (issue 5)."""
+    """registry, adoption, demo (issue 5): thin shells over aiplus.adoption (the admin API uses the same report)."""
+
+    def open_db(args):
+        from aiplus.storage.db import create_engine, migrate
+
+        settings = load_settings(args.config)
+        engine = create_engine(settings.db_url)
+        migrate(engine)
+        return settings, engine
+
+    def rejected(fn):
+        """Run a command; a rejected CSV or a bad argument prints its reasons and exits 1."""
+
+        def run(args):
+            from aiplus.adoption.register import ImportRejected
+
+            try:
+                return fn(args)
+            except ImportRejected as exc:
+                print(f"aiplus: {exc}", file=sys.stderr)
+                return 1
+            except ValueError as exc:
+                print(f"aiplus: {exc}", file=sys.stderr)
+                return 1
+
+        return run
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="path to aiplus.toml (default: $AIPLUS_CONFIG)")
+
+    @rejected
+    def registry_import(args):
+        from aiplus.adoption.register import import_register
+
+        _settings, engine = open_db(args)
+        with engine.begin() as conn:
+            result = import_register(conn, args.file)
+        print(f"register: {result.rows} row(s) read, {result.inserted} added, {result.updated} updated")
+
+    @rejected
+    def registry_observations(args):
+        from aiplus.adoption.register import import_observations
+
+        _settings, engine = open_db(args)
+        with engine.begin() as conn:
+            result = import_observations(conn, args.file)
+        print(f"observations: {result.rows} row(s) read, {result.inserted} added, {result.updated} replaced")
+
+    def report_of(args):
+        from datetime import date
+
+        from aiplus.adoption.report import build_report
+
+        settings, engine = open_db(args)
+        as_of = date.fromisoformat(args.as_of) if args.as_of else None
+        with engine.connect() as conn:
+            return build_report(conn, settings.adoption, by=args.by, as_of=as_of, fit_on=args.fit_on)
+
+    @rejected
+    def adoption_report(args):
+        import json
+
+        from rich.console import Console
+
+        from aiplus.adoption.report import to_csv, to_rich_table
+
+        report = report_of(args)
+        if args.format == "json":
+            print(json.dumps(report.as_dict(band=args.band), indent=2, default=str))
+        elif args.format == "csv":
+            sys.stdout.write(to_csv(report))
+        else:
+            Console(width=None if sys.stdout.isatty() else 240).print(to_rich_table(report))
+
+    @rejected
+    def adoption_chart(args):
+        from aiplus.adoption.charts import write_chart
+
+        path = write_chart(report_of(args), args.out)
+        print(f"chart written to {path}")
+
+    @rejected
+    def demo_seed(args):
+        import time
+
+        from aiplus.adoption.demo import seed_demo
+
+        settings, engine = open_db(args)
+        started = time.perf_counter()
+        done = seed_demo(engine, settings, orgs=args.orgs, months=args.months, seed=args.seed)
+        print(
+            f"demo region: {done['register']:,} register orgs, {done['tenants']:,} tenant orgs with a key each, "
+            f"{done['events']:,} usage events {done['first_month']}..{done['last_month']} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        print("next: aiplus adoption report   and   aiplus adoption chart adoption.png")
+
+    registry = sub.add_parser("registry", help="the register of organizations in scope (the denominator)")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    p = registry_sub.add_parser("import", help="import FILE.csv with columns id,name,sector,region,employees")
+    p.add_argument("file", metavar="FILE.csv")
+    config_option(p)
+    p.set_defaults(func=registry_import)
+    p = registry_sub.add_parser(
+        "observations", help="import external penetration figures: FILE.csv with sector,date,penetration,source"
+    )
+    p.add_argument("file", metavar="FILE.csv")
+    config_option(p)
+    p.set_defaults(func=registry_observations)
+
+    adoption = sub.add_parser("adoption", help="AI adoption: penetration, forecasts and target status")
+    adoption_sub = adoption.add_subparsers(dest="adoption_command", required=True)
+    for name, func, text in (
+        ("report", adoption_report, "penetration by sector, region or size with forecasts and target status"),
+        ("chart", adoption_chart, "penetration curves, forecast bands and targets as PNG or SVG"),
+    ):
+        p = adoption_sub.add_parser(name, help=text)
+        if name == "chart":
+            p.add_argument("out", metavar="OUT.png|OUT.svg")
+        p.add_argument("--by", choices=("sector", "region", "size"), default="sector")
+        p.add_argument("--as-of", metavar="YYYY-MM-DD", help="measure up to the last complete month at this date")
+        p.add_argument(
+            "--fit-on",
+            choices=("ledger", "observations", "both"),
+            default="ledger",
+            help="series the forecasts are fitted on (default: the ledger's monthly penetration)",
+        )
+        if name == "report":
+            p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+            p.add_argument("--no-band", dest="band", action="store_false", help="JSON: leave out the monthly band")
+        config_option(p)
+        p.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", help="synthetic data to try aiplus with")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True)
+    p = demo_sub.add_parser("seed", help="a synthetic region: register, tenant orgs, keys and usage events")
+    p.add_argument("--orgs", type=int, default=5000, help="organizations in the register (default 5000)")
+    p.add_argument("--months", type=int, default=24, help="months of usage, ending last month (default 24)")
+    p.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same region")
+    config_option(p)
+    p.set_defaults(func=demo_seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

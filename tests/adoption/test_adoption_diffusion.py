@@ -47,7 +47,7 @@ def test_batched_bootstrap_refit_agrees_with_curve_fit():
     ys = truth + rng.normal(0, 0.01, (5, len(t)))
     start = fit("bass", t, truth)
     batch = refit_batch("bass", t, ys, start)
-    for row, params in zip(ys, batch):
+    for row, params in zip(ys, batch, strict=True):
         single = fit("bass", t, row, [start])
         sse_batch = np.sum((bass(t, *params) - row) ** 2)
         sse_single = np.sum((bass(t, *single) - row) ** 2)

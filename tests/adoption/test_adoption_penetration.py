@@ -53,9 +53,9 @@ def db(request):
     return engine
 
 
-def series(engine, by="sector", **rule):
+def series(engine, by="sector", detail="all", **rule):
     with engine.connect() as conn:
-        return penetration_series(conn, Definition(**rule), by=by, as_of=date(2026, 2, 28))
+        return penetration_series(conn, Definition(**rule), by=by, as_of=date(2026, 2, 28), detail=detail)
 
 
 def test_months_run_from_first_usage_to_last_complete_month(db):
@@ -110,3 +110,17 @@ def test_no_usage_gives_zero_not_errors(engine):
     s = series(engine)
     assert s.months == [date(2026, 2, 28)]
     assert s.total[0].penetration == 0.0 and s.total[0].orgs == 4
+
+
+def test_latest_detail_measures_agents_and_tokens_in_the_last_month_only(db):
+    full, lean = series(db).total, series(db, detail="latest").total
+    assert [c.adopting for c in lean] == [c.adopting for c in full]
+    assert [c.adopting_employees for c in lean] == [c.adopting_employees for c in full]
+    assert (lean[0].agent, lean[0].tokens, lean[0].agent_penetration, lean[0].intensity) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (lean[1].agent, lean[1].tokens) == (full[1].agent, full[1].tokens)
+    assert series(db, detail="latest", agent_use_requires_tools=True).total[0].adopting == 1

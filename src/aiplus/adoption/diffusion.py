@@ -26,6 +26,7 @@ STATUS_RULE = (
     "A target date already past is 'met' or 'missed' on the observed figure."
 )
 MIN_POINTS = 5
+PREFER_BASS = 0.9  # the logistic is chosen only when its hold-out RMSE is at least 10% below Bass's
 
 
 def bass(t: np.ndarray, p: float, q: float, m: float) -> np.ndarray:
@@ -71,22 +72,57 @@ def _starts(model: str, t: np.ndarray, y: np.ndarray) -> list[list[float]]:
     return [[top, 1.5, mid], [min(1.0, top * 1.5), 1.0, mid + 1.0]]
 
 
+def _logit(v: float) -> float:
+    v = min(max(v, 1e-3), 1 - 1e-3)  # a start on the bound would freeze the ceiling there
+    return math.log(v / (1 - v))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# Unbounded coordinates for the fast unconstrained solver: log for rates, logit for ceilings (shares <= 1).
+UNBOUNDED = {
+    "bass": (
+        lambda t, a, b, c: bass(t, np.exp(a), np.exp(b), _sigmoid(c)),
+        lambda p, q, m: [math.log(p), math.log(max(q, 1e-6)), _logit(m)],
+        lambda a, b, c: [np.exp(a), np.exp(b), _sigmoid(c)],
+    ),
+    "logistic": (
+        lambda t, a, b, t0: logistic(t, _sigmoid(a), np.exp(b), t0),
+        lambda k, r, t0: [_logit(k), math.log(r), t0],
+        lambda a, b, t0: [_sigmoid(a), np.exp(b), t0],
+    ),
+}
+
+
+def _fit_once(model: str, t: np.ndarray, y: np.ndarray, start: list[float]) -> np.ndarray | None:
+    """One ``curve_fit`` from ``start``, Levenberg-Marquardt in unbounded coordinates; None if it fails."""
+    wrapped, forward, back = UNBOUNDED[model]
+    lower, upper = MODELS[model][2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (OptimizeWarning, RuntimeWarning))
+        try:
+            u, _ = curve_fit(wrapped, t, y, p0=forward(*start), method="lm", maxfev=800)
+        except (RuntimeError, ValueError, OverflowError):
+            return None
+    with np.errstate(over="ignore"):
+        params = np.array(back(*u), dtype=float)
+    if not np.all(np.isfinite(params)):
+        return None
+    return np.clip(params, lower, upper)
+
+
 def fit(
     model: str, t: np.ndarray, y: np.ndarray, starts: Sequence[Sequence[float]] = ()
 ) -> np.ndarray | None:
-    """Least-squares parameters of ``model`` (scipy ``curve_fit``, bounded), best over a few starting points."""
+    """Least-squares parameters of ``model`` (scipy ``curve_fit``), the best over a few starting points."""
     fn, _, bounds = MODELS[model]
-    jac = JACOBIANS[model]
     best, best_sse = None, math.inf
     for start in [*starts, *_starts(model, t, y)]:
-        start = list(np.clip(start, bounds[0], bounds[1]))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", (OptimizeWarning, RuntimeWarning))
-                params, _ = curve_fit(
-                    fn, t, y, p0=start, bounds=bounds, jac=lambda x, *p: jac(x, *p), maxfev=2000
-                )
-        except (RuntimeError, ValueError):
+        start = [float(v) for v in np.clip(start, bounds[0], bounds[1])]
+        params = _fit_once(model, t, y, start)
+        if params is None:
             continue
         sse = float(np.sum((fn(t, *params) - y) ** 2))
         if sse < best_sse:
@@ -108,34 +144,40 @@ def refit_batch(
     params = np.tile(np.asarray(start, dtype=float), (len(ys), 1))
     damping = np.full(len(ys), 1e-3)
 
-    def sse(ps: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            out = np.sum((fn(t, *(ps[:, [i]] for i in range(3))) - ys) ** 2, axis=1)
-        return np.where(np.isfinite(out), out, np.inf)
-
-    current = sse(params)
+    t = np.broadcast_to(t, ys.shape)  # one time axis for all, or one per replicate (pairs bootstrap)
+    with np.errstate(all="ignore"):
+        current = np.sum((fn(t, *(params[:, [i]] for i in range(3))) - ys) ** 2, axis=1)
+    current = np.where(np.isfinite(current), current, np.inf)
     eye = np.eye(3)
+    active = np.arange(len(ys))
     for _ in range(iterations):
-        cols = [params[:, [i]] for i in range(3)]
+        if not len(active):
+            break
+        ps, y_act, t_act, lam = params[active], ys[active], t[active], damping[active]
+        cols = [ps[:, [i]] for i in range(3)]
         with np.errstate(all="ignore"):
-            residual = fn(t, *cols) - ys
-            j = jac(t, *cols)
-        jtj = np.einsum("bni,bnj->bij", j, j)
-        jtr = np.einsum("bni,bn->bi", j, residual)
-        scaled = jtj + damping[:, None, None] * (jtj * eye + 1e-12 * eye)
+            residual = fn(t_act, *cols) - y_act
+            j = jac(t_act, *cols)
+        jt = j.transpose(0, 2, 1)
+        jtj = jt @ j
+        jtr = (jt @ residual[..., None])[..., 0]
+        scaled = jtj + lam[:, None, None] * (jtj * eye + 1e-12 * eye)
         try:
             step = np.linalg.solve(scaled, -jtr[..., None])[..., 0]
         except np.linalg.LinAlgError:
             break
-        trial = np.clip(params + np.nan_to_num(step), lower, upper)
-        value = sse(trial)
-        better = value < current
-        params[better] = trial[better]
-        damping = np.where(better, damping / 3, damping * 4)
-        gain = np.where(better, current - value, 0.0)
-        current = np.where(better, value, current)
-        if np.all((gain <= 1e-12 * np.maximum(current, 1e-12)) & better | (damping > 1e8)):
-            break
+        trial = np.clip(ps + np.nan_to_num(step), lower, upper)
+        with np.errstate(all="ignore"):
+            value = np.sum((fn(t_act, *(trial[:, [i]] for i in range(3))) - y_act) ** 2, axis=1)
+        value = np.where(np.isfinite(value), value, np.inf)
+        before = current[active]
+        better = value < before
+        params[active[better]] = trial[better]
+        current[active[better]] = value[better]
+        lam = np.where(better, lam / 3, lam * 4)
+        damping[active] = lam
+        converged = (better & (before - value <= 1e-9 * before)) | (lam > 1e6)
+        active = active[~converged]
     return params
 
 
@@ -242,7 +284,9 @@ def forecast(
     origin = dates[0].replace(day=1)
     t = np.array([years(d, origin) for d in dates])
     errors, early = holdout_errors(t, y)
-    candidates = sorted(errors, key=errors.get) if errors else list(MODELS)
+    candidates = list(MODELS)  # Bass first: the diffusion model proper
+    if len(errors) == 2 and errors["logistic"] < PREFER_BASS * errors["bass"]:
+        candidates.reverse()
     model, params = None, None
     for name in candidates:
         params = fit(name, t, y, [early[name]] if name in early else ())
@@ -261,11 +305,11 @@ def forecast(
     point_targets = np.clip(fn(target_t, *params), 0, 1)
 
     rng = np.random.default_rng(seed)
-    fitted = fn(t, *params)
-    residuals = y - fitted
     if resamples > 0:
-        boots = np.clip(fitted + rng.choice(residuals, size=(resamples, len(residuals)), replace=True), 0, 1)
-        draws = refit_batch(model, t, boots, params)
+        # Pairs (case) bootstrap: refit on months drawn with replacement. Before the inflection the ceiling
+        # is weakly identified, and resampling the months shows that; resampled residuals would not.
+        picks = rng.integers(0, len(t), size=(resamples, len(t)))
+        draws = refit_batch(model, t[picks], y[picks], params)
         cols = [draws[:, [i]] for i in range(3)]
         lo_grid, hi_grid = np.clip(np.percentile(fn(grid_t, *cols), BAND, axis=0), 0, 1)
         lo_t, hi_t = np.clip(np.percentile(fn(target_t, *cols), BAND, axis=0), 0, 1)
@@ -274,11 +318,12 @@ def forecast(
 
     result = Forecast(
         model,
-        params={n: float(v) for n, v in zip(names, params)},
+        params={n: float(v) for n, v in zip(names, params, strict=True)},
         holdout_rmse=errors,
         origin=origin,
         band=[
-            (m, float(p), float(lo), float(hi)) for m, p, lo, hi in zip(grid, point_grid, lo_grid, hi_grid)
+            (m, float(p), float(lo), float(hi))
+            for m, p, lo, hi in zip(grid, point_grid, lo_grid, hi_grid, strict=True)
         ],
     )
     for i, o in enumerate(outlooks):
@@ -308,7 +353,7 @@ def forecast(
 
 def _reached(fn, params, origin: date, dates: list[date], y: np.ndarray, level: float) -> str | None:
     """The first month the observed series, then the point forecast, is at or above ``level``."""
-    for d, v in zip(dates, y):
+    for d, v in zip(dates, y, strict=True):
         if v >= level:
             return d.isoformat()[:7]
     m = next_month_end(dates[-1])

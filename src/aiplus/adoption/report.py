@@ -54,7 +54,8 @@ class Report:
             out = {"key": g.key, **g.latest.as_dict(), "forecast": g.forecast.as_dict(band=band)}
             if series:
                 out["series"] = [
-                    {"month": m.isoformat()[:7], **c.as_dict()} for m, c in zip(self.months, g.series)
+                    {"month": m.isoformat()[:7], **c.as_dict()}
+                    for m, c in zip(self.months, g.series, strict=True)
                 ]
                 out["observations"] = [{**o, "date": o["date"].isoformat()} for o in g.observations]
             return out
@@ -84,12 +85,13 @@ def build_report(
     as_of: date | None = None,
     fit_on: str = "ledger",
     resamples: int = 200,
+    detail: str = "latest",
 ) -> Report:
     """Measure every group of the cut month by month from the rollups, then forecast each against the targets."""
     if fit_on not in FIT_SOURCES:
         raise ValueError(f"fit_on must be one of {', '.join(FIT_SOURCES)}, not {fit_on!r}")
     definition = Definition.from_config(config)
-    series: Series = penetration_series(conn, definition, by=by, as_of=as_of)
+    series: Series = penetration_series(conn, definition, by=by, as_of=as_of, detail=detail)
     observations = load_observations(conn)
 
     def make(key: str, cells: list[Cell], obs: list[dict]) -> GroupReport:

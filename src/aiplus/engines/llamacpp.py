@@ -199,7 +199,8 @@ class LlamaCppEngine(Engine):
                 )
                 for chunk in stream:
                     choice = chunk["choices"][0]
-                    put(queue.put_nowait, (choice["text"], choice.get("finish_reason"), counted[0]))
+                    # the sampler runs one token ahead of a length stop: never count past max_tokens
+                    put(queue.put_nowait, (choice["text"], choice.get("finish_reason"), min(counted[0], max_tokens)))
                     if cancelled.is_set():
                         stream.close()
                         break
@@ -223,9 +224,10 @@ class LlamaCppEngine(Engine):
                 n, reported = total - reported, total
                 if text or finish_reason:
                     yield Delta(text=text, tokens=n, finish_reason=finish_reason)
+            completion = min(counted[0], max_tokens)
             yield Delta(
-                tokens=counted[0] - reported, finish_reason=None if finish else "stop",
-                prompt_tokens=len(tokens), completion_tokens=counted[0],
+                tokens=max(completion - reported, 0), finish_reason=None if finish else "stop",
+                prompt_tokens=len(tokens), completion_tokens=completion,
             )
         finally:
             cancelled.set()

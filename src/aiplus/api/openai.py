@@ -1,0 +1,178 @@
+"""The OpenAI-compatible edge: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``.
+
+Handlers are plain Starlette endpoints (no dependency-injection layer on the hot path): parse and validate with
+``protocol``, then hand the call to ``serving.Call``, which admits, dispatches, generates and meters it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from aiplus import protocol
+from aiplus.api.errors import APIError
+from aiplus.api.serving import Call, Runtime, json_response
+from aiplus.engines.base import GenerationRequest
+
+
+def _param(loc: tuple) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in ("str", "list[str]", "int", "float", "bool"))]
+    return ".".join(p if not p.isdigit() else f"[{p}]" for p in parts).replace(".[", "[") or "body"
+
+
+def invalid(exc: ValidationError) -> APIError:
+    err = exc.errors(include_url=False)[0]
+    param = _param(err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        message = f"'{param}' is a required property"
+    elif err["type"] == "extra_forbidden":
+        message = f"unrecognized request argument: {param}"
+    else:
+        message = f"Invalid value for '{param}': {message}"
+    return APIError(400, message, param=param, code="invalid_value" if err["type"] != "missing" else "missing_required_parameter")
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/413 that says what is wrong with it."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"request body is {length} bytes; the limit is {limit} bytes", code="request_too_large")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return data
+
+
+def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+_CHAT_FIELDS = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n",
+     "stream", "stream_options", "tools", "tool_choice", "response_format", "user"}
+)
+_COMPLETION_FIELDS = frozenset(
+    {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options",
+     "user", "echo"}
+)
+
+
+async def chat_completions(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    data = await read_json(request, runtime.settings.max_body_bytes)
+    body: protocol.ChatCompletionRequest = parse(protocol.ChatCompletionRequest, data)
+    call = await Call.open(runtime, request, body.model, "chat")
+    gen = GenerationRequest(
+        request_id=call.request_id,
+        model=body.model,
+        kind="chat",
+        stream=body.stream,
+        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+        max_tokens=body.token_limit,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list,
+        seed=body.seed,
+        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
+        tool_choice=body.tool_choice,
+        response_format=body.response_format.model_dump(exclude_none=True) if body.response_format else None,
+        extra={k: v for k, v in data.items() if k not in _CHAT_FIELDS},
+    )
+    return await call.run(gen, stream=body.stream, include_usage=body.include_usage)
+
+
+async def completions(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    data = await read_json(request, runtime.settings.max_body_bytes)
+    body: protocol.CompletionRequest = parse(protocol.CompletionRequest, data)
+    call = await Call.open(runtime, request, body.model, "completion")
+    gen = GenerationRequest(
+        request_id=call.request_id,
+        model=body.model,
+        kind="completion",
+        stream=body.stream,
+        prompt=body.prompt_text,
+        max_tokens=body.max_tokens or 16,  # OpenAI's default for the legacy completions endpoint
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list,
+        seed=body.seed,
+        extra={k: v for k, v in data.items() if k not in _COMPLETION_FIELDS},
+    )
+    return await call.run(gen, stream=body.stream, include_usage=body.include_usage, echo=body.echo)
+
+
+async def embeddings(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    data = await read_json(request, runtime.settings.max_body_bytes)
+    body: protocol.EmbeddingRequest = parse(protocol.EmbeddingRequest, data)
+    if body.dimensions is not None:
+        raise APIError(400, "this model does not support 'dimensions'", param="dimensions", code="unsupported_parameter")
+    call = await Call.open(runtime, request, body.model, "embedding")
+    return await call.embed(body.inputs, body.encoding_format)
+
+
+async def list_models(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    principal = await runtime.authenticate(request)
+    allowed = principal.models if principal else None
+    data = [
+        protocol.model_card(m.config.id, runtime.started)
+        for m in runtime.models.values()
+        if allowed is None or m.config.id in allowed
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    principal = await runtime.authenticate(request)
+    model = runtime.model(request.path_params["model"], principal)
+    return json_response(protocol.model_card(model.config.id, runtime.started))
+
+
+async def healthz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    models = {mid: ("ok" if m.engine.healthy() else "unavailable") for mid, m in runtime.models.items()}
+    ok = all(v == "ok" for v in models.values())
+    return json_response(
+        {"status": "ok" if ok else "degraded", "models": models, "uptime_s": int(time.time() - runtime.started)},
+        status=200 if ok else 503,
+    )
+
+
+def _streaming(response: Response) -> bool:
+    return isinstance(response, StreamingResponse)
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

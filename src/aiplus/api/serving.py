@@ -1,0 +1,454 @@
+"""One call's life on the serving path: authenticate, reserve limits, wait for a fair turn, generate, meter.
+
+``Call`` is the only place that knows the order of these steps; each step is a service from a room below
+(tenancy, scheduling, engines, metering). Whatever way a call ends — answered, rejected, failed, or abandoned by
+its client — ``_finish`` releases its turn and its reservation and records exactly one usage event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from aiplus import protocol
+from aiplus.api.admin import require_principal
+from aiplus.api.errors import APIError
+from aiplus.config import ModelConfig, Settings
+from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
+from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
+from aiplus.metering.events import UsageEvent
+from aiplus.metrics import TOKENS_SERVED
+from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
+from aiplus.scheduling.limits import RateLimited
+from aiplus.tenancy.auth import Principal
+
+JSON = "application/json"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+DEFAULT_RESERVED_COMPLETION = 1024  # reserved when a request names no max_tokens and the context is unknown
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+@dataclass(slots=True)
+class ModelRuntime:
+    config: ModelConfig
+    engine: Engine
+    dispatcher: Dispatcher
+
+
+class Runtime:
+    """What the serving path needs, built once at start-up (see ``app.py``)."""
+
+    def __init__(self, settings: Settings, models: dict[str, ModelRuntime], services: Any):
+        self.settings = settings
+        self.models = models
+        self.services = services
+        self.authenticator = services.authenticator
+        self.limiter = services.limiter
+        self.ledger = services.ledger
+        self.tariff = services.tariff
+        self.started = int(time.time())
+
+    async def authenticate(self, request: Request) -> Principal:
+        return await require_principal(request)
+
+    def model(self, model_id: str, principal: Principal | None) -> ModelRuntime:
+        model = self.models.get(model_id)
+        if model is None or (principal is not None and principal.models is not None and model_id not in principal.models):
+            raise APIError(
+                404, f"The model '{model_id}' does not exist or you do not have access to it.",
+                param="model", code="model_not_found",
+            )
+        return model
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def until_disconnect(awaitable: Any, receive: Receive) -> Any:
+    """Await ``awaitable`` unless the client disconnects first; then cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise ClientGone
+
+
+class EventStream(Response):
+    """Server-sent events that stop the generator as soon as the client disconnects.
+
+    The generator's own ``finally`` then meters what the client received and frees the engine.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]):
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not pump.done():
+            pump.cancel()
+        watcher.cancel()
+        try:
+            await pump
+        except (asyncio.CancelledError, OSError):
+            pass
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for chunk in self.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self.events.aclose()
+
+
+def _error_body(exc: EngineError) -> dict[str, Any]:
+    return {"error": {"message": str(exc), "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def _api_error(exc: EngineError) -> APIError:
+    return APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code)
+
+
+class Call:
+    """One request from admission to its usage event."""
+
+    __slots__ = (
+        "completion_tokens",
+        "endpoint",
+        "finished",
+        "first_token",
+        "headers",
+        "lease",
+        "model",
+        "principal",
+        "prompt_tokens",
+        "request",
+        "request_id",
+        "reservation",
+        "runtime",
+        "started",
+        "started_at",
+        "used_tools",
+    )
+
+    def __init__(self, runtime: Runtime, request: Request, principal: Principal, model: ModelRuntime, endpoint: str):
+        self.runtime = runtime
+        self.request = request
+        self.principal = principal
+        self.model = model
+        self.endpoint = endpoint
+        prefix = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-"}[endpoint]
+        self.request_id = prefix + os.urandom(12).hex()
+        self.started = time.perf_counter()
+        self.started_at = datetime.now(UTC)
+        self.first_token: float | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.reservation: Any = None
+        self.lease: Any = None
+        self.used_tools = False
+        self.finished = False
+        self.headers: dict[str, str] = {"x-request-id": self.request_id}
+
+    @classmethod
+    async def open(cls, runtime: Runtime, request: Request, model_id: str, endpoint: str) -> Call:
+        principal = await runtime.authenticate(request)
+        return cls(runtime, request, principal, runtime.model(model_id, principal), endpoint)
+
+    # admission ---------------------------------------------------------------------------------------------
+
+    async def _admit(self, gen: GenerationRequest) -> None:
+        """Count the prompt, reserve limits, then wait for a fair turn on the model."""
+        engine = self.model.engine
+        try:
+            self.prompt_tokens = await engine.count_prompt_tokens(gen)
+        except EngineError as exc:
+            raise _api_error(exc) from None
+        completion_budget = gen.max_tokens or (
+            max((engine.context_length or 0) - self.prompt_tokens, 1)
+            if engine.context_length
+            else DEFAULT_RESERVED_COMPLETION
+        )
+        try:
+            self.reservation = await self.runtime.limiter.reserve(self.principal, self.prompt_tokens + completion_budget)
+        except RateLimited as exc:
+            self._finish("rejected")
+            raise APIError(429, exc.message, type="rate_limit_error" if exc.code == "rate_limit_exceeded"
+                           else "insufficient_quota", code=exc.code,
+                           headers={**exc.headers, "retry-after": str(exc.retry_after)}) from None
+        self.headers.update(self.reservation.headers)
+        p = self.principal
+        try:
+            self.lease = await until_disconnect(
+                self.model.dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier),
+                self.request.receive,
+            )
+        except QueueTimeout as exc:
+            self._finish("rejected")
+            raise APIError(
+                429, f"The model '{self.model.config.id}' is at capacity and your request waited "
+                f"{self.runtime.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
+                type="rate_limit_error", code="queue_timeout",
+                headers={"retry-after": str(exc.retry_after)},
+            ) from None
+        except ClientGone:
+            self._finish("cancelled")
+            raise
+        except BaseException:
+            self._finish("error")
+            raise
+
+    def _finish(self, status: str) -> None:
+        """Release the turn and the reservation; record the one usage event (idempotent per call)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.lease is not None:
+            self.lease.release()
+        runtime = self.runtime
+        total = self.prompt_tokens + self.completion_tokens if status != "rejected" else 0
+        if self.reservation is not None:
+            runtime.services.background(runtime.limiter.settle(self.reservation, total))
+        model_id = self.model.config.id
+        tier = self.principal.tier
+        cost = runtime.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens) if total else 0
+        now = time.perf_counter()
+        runtime.ledger.record(
+            UsageEvent(
+                request_id=self.request_id,
+                org_id=self.principal.org_id,
+                key_id=self.principal.key_id,
+                model=model_id,
+                endpoint=self.endpoint,
+                prompt_tokens=self.prompt_tokens if status != "rejected" else 0,
+                completion_tokens=self.completion_tokens,
+                status=status,
+                used_tools=self.used_tools,
+                started_at=self.started_at,
+                ttft_ms=None if self.first_token is None else int((self.first_token - self.started) * 1000),
+                duration_ms=int((now - self.started) * 1000),
+                cost_micros=cost,
+            )
+        )
+        if total:
+            TOKENS_SERVED.labels(model_id, tier, "prompt").inc(self.prompt_tokens)
+            TOKENS_SERVED.labels(model_id, tier, "completion").inc(self.completion_tokens)
+
+    def _account(self, delta: Delta) -> None:
+        if delta.tokens:
+            self.completion_tokens += delta.tokens
+            self.lease.output(delta.tokens)
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+        if delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens:
+            self.lease.adjust_prompt(delta.prompt_tokens)
+            self.prompt_tokens = delta.prompt_tokens
+        if delta.completion_tokens is not None and delta.completion_tokens != self.completion_tokens:
+            self.lease.output(delta.completion_tokens - self.completion_tokens)
+            self.completion_tokens = delta.completion_tokens
+        if delta.tool_calls:
+            self.used_tools = True
+
+    # generation --------------------------------------------------------------------------------------------
+
+    async def run(self, gen: GenerationRequest, *, stream: bool, include_usage: bool, echo: bool = False) -> Response:
+        await self._admit(gen)
+        if stream:
+            return EventStream(self._stream(gen, include_usage, echo), {**self.headers, **SSE_HEADERS})
+        try:
+            body = await until_disconnect(self._whole(gen, echo), self.request.receive)
+        except ClientGone:
+            self._finish("cancelled")
+            raise
+        except EngineError as exc:
+            self._finish("error")
+            raise _api_error(exc) from None
+        except BaseException:
+            self._finish("error")
+            raise
+        self._finish("ok")
+        return json_response(body, headers=self.headers)
+
+    async def _whole(self, gen: GenerationRequest, echo: bool) -> dict[str, Any]:
+        text: list[str] = []
+        reasoning: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        finish = "stop"
+        async for delta in self.model.engine.generate(gen):
+            self._account(delta)
+            text.append(delta.text)
+            if delta.reasoning:
+                reasoning.append(delta.reasoning)
+            if delta.tool_calls:
+                tool_calls.extend(delta.tool_calls)
+            finish = delta.finish_reason or finish
+        model_id = self.model.config.id
+        content = "".join(text)
+        if gen.kind == "completion":
+            return protocol.text_completion(
+                self.request_id, model_id, (gen.prompt or "") + content if echo else content, finish,
+                prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            )
+        thought: str | None = "".join(reasoning) if reasoning else None
+        if self.model.config.reasoning and thought is None:
+            thought, content = split_reasoning(content)
+        if tool_calls and finish == "stop":
+            finish = "tool_calls"
+        return protocol.chat_completion(
+            self.request_id, model_id, content if content or not tool_calls else None, thought, tool_calls or None,
+            finish, self.prompt_tokens, self.completion_tokens,
+        )
+
+    async def _stream(self, gen: GenerationRequest, include_usage: bool, echo: bool) -> AsyncIterator[bytes]:
+        model_id = self.model.config.id
+        created = int(time.time())
+        chat = gen.kind == "chat"
+        splitter = ThinkSplitter() if chat and self.model.config.reasoning else None
+        rid = self.request_id
+        status = "error"
+        generator = self.model.engine.generate(gen)
+        try:
+            if chat:
+                yield sse(protocol.chat_chunk(rid, created, model_id, {"role": "assistant", "content": ""}, None))
+            elif echo and gen.prompt:
+                yield sse(protocol.text_completion(rid, model_id, gen.prompt, None, created))
+            finish = None
+            async for delta in generator:
+                self._account(delta)
+                finish = delta.finish_reason or finish
+                if not chat:
+                    if delta.text or delta.finish_reason:
+                        yield sse(protocol.text_completion(rid, model_id, delta.text, delta.finish_reason, created))
+                    continue
+                for piece in self._chat_pieces(delta, splitter):
+                    yield sse(protocol.chat_chunk(rid, created, model_id, piece, None))
+                if delta.finish_reason:
+                    if splitter is not None:
+                        for piece in self._flush(splitter):
+                            yield sse(protocol.chat_chunk(rid, created, model_id, piece, None))
+                    reason = "tool_calls" if self.used_tools and delta.finish_reason == "stop" else delta.finish_reason
+                    yield sse(protocol.chat_chunk(rid, created, model_id, {}, reason))
+            if finish is None:  # the engine ended without saying why: close the choice properly
+                if splitter is not None:
+                    for piece in self._flush(splitter):
+                        yield sse(protocol.chat_chunk(rid, created, model_id, piece, None))
+                yield sse(
+                    protocol.chat_chunk(rid, created, model_id, {}, "stop")
+                    if chat
+                    else protocol.text_completion(rid, model_id, "", "stop", created)
+                )
+            if include_usage:
+                obj = "chat.completion.chunk" if chat else "text_completion"
+                yield sse(protocol.usage_chunk(rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens))
+            yield DONE
+            status = "ok"
+        except EngineError as exc:
+            yield sse(_error_body(exc))
+            yield DONE
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            await generator.aclose()
+            self._finish(status)
+
+    @staticmethod
+    def _chat_pieces(delta: Delta, splitter: ThinkSplitter | None) -> list[dict[str, Any]]:
+        pieces: list[dict[str, Any]] = []
+        reasoning, content = delta.reasoning, delta.text
+        if splitter is not None and content:
+            r, content = splitter.feed(content)
+            reasoning += r
+        if reasoning:
+            pieces.append({"reasoning_content": reasoning})
+        if content:
+            pieces.append({"content": content})
+        if delta.tool_calls:
+            pieces.append({"tool_calls": delta.tool_calls})
+        return pieces
+
+    @staticmethod
+    def _flush(splitter: ThinkSplitter) -> list[dict[str, Any]]:
+        reasoning, content = splitter.flush()
+        return [p for p in ({"reasoning_content": reasoning} if reasoning else None,
+                            {"content": content} if content else None) if p]
+
+    # embeddings --------------------------------------------------------------------------------------------
+
+    async def embed(self, inputs: list[str], encoding_format: str) -> Response:
+        gen = GenerationRequest(request_id=self.request_id, model=self.model.config.id, kind="completion",
+                                prompt=" ".join(inputs), max_tokens=1)
+        await self._admit(gen)
+        try:
+            result = await until_disconnect(self.model.engine.embed(inputs, self.request_id), self.request.receive)
+        except ClientGone:
+            self._finish("cancelled")
+            raise
+        except EngineError as exc:
+            self._finish("error")
+            raise _api_error(exc) from None
+        except BaseException:
+            self._finish("error")
+            raise
+        self.prompt_tokens = result.prompt_tokens
+        self._finish("ok")
+        data = []
+        for i, vector in enumerate(result.vectors):
+            if encoding_format == "base64":
+                import base64
+
+                import numpy as np
+
+                value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            else:
+                value = vector
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return json_response(
+            {"object": "list", "data": data, "model": self.model.config.id,
+             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}},
+            headers=self.headers,
+        )

@@ -1,0 +1,127 @@
+"""Builds the ASGI app from settings: wires the rooms together and owns start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from aiplus.api import admin as admin_api
+from aiplus.api import openai as openai_api
+from aiplus.api.errors import APIError
+from aiplus.api.serving import ClientGone, ModelRuntime, Runtime, json_response
+from aiplus.config import Settings
+from aiplus.engines import create_engine
+from aiplus.scheduling.dispatcher import Dispatcher
+from aiplus.services import start_services, stop_services
+
+log = logging.getLogger("aiplus")
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _envelope(status: int, message: str, type_: str | None = None, param: str | None = None,
+              code: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    error = {"message": message, "type": type_ or _STATUS_TYPES.get(status, "server_error"), "param": param, "code": code}
+    return json_response({"error": error}, status=status, headers=headers)
+
+
+async def _api_error(_: Request, exc: APIError) -> Response:
+    return exc.to_response()
+
+
+async def _http_error(_: Request, exc: HTTPException) -> Response:
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404:
+        message = "Not found: no such route. The OpenAI-compatible API is under /v1 (see /docs for /admin)."
+    return _envelope(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    return _envelope(400, f"Invalid value for '{param}': {err.get('msg')}" if param else str(err.get("msg")),
+                     param=param, code="invalid_value")
+
+
+async def _client_gone(_: Request, __: ClientGone) -> Response:
+    return Response(status_code=499)  # nobody is listening; nginx's code for "client closed request"
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", exc_info=exc)
+    return _envelope(500, "The server had an error while processing your request.", "server_error")
+
+
+async def _metrics(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _build_models(settings: Settings) -> dict[str, ModelRuntime]:
+    models: dict[str, ModelRuntime] = {}
+    sched = settings.scheduling
+    for config in settings.models:
+        engine = create_engine(config)
+        await engine.start()
+        dispatcher = Dispatcher(
+            config.id, engine.capacity, policy=sched.policy, w_in=sched.w_in, w_out=sched.w_out,
+            queue_timeout_s=sched.queue_timeout_s,
+            max_inflight_tokens=config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None,
+        )
+        models[config.id] = ModelRuntime(config, engine, dispatcher)
+        log.info("model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity)
+    return models
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services = await start_services(settings)
+        models = await _build_models(settings)
+        runtime = Runtime(settings, models, services)
+        app.state.runtime = runtime
+        app.state.settings = settings
+        app.state.db = services.db
+        app.state.services = services
+        app.state.authenticator = services.authenticator
+        app.state.limiter = services.limiter
+        app.state.ledger = services.ledger
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(m.engine.close() for m in models.values()), return_exceptions=True)
+            await stop_services(services)
+
+    app = FastAPI(
+        title="aiplus",
+        summary="Open-weight AI as a public utility: OpenAI-compatible API, metering, fair sharing, adoption.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=Response,
+    )
+    for route in openai_api.routes:
+        app.router.routes.append(route)
+    app.include_router(admin_api.router)
+    app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(Exception, _unexpected)
+    return app

@@ -13,32 +13,21 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from aiplus.api import admin as admin_api
+from aiplus.api import adoption as adoption_api
 from aiplus.api import openai as openai_api
 from aiplus.api.errors import APIError
-from aiplus.api.serving import ClientGone, ModelRuntime, Runtime, json_response
+from aiplus.api.serving import ClientGone, ModelRuntime, Runtime
 from aiplus.config import Settings
 from aiplus.engines import create_engine
+from aiplus.metrics import INFLIGHT
 from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.services import start_services, stop_services
 
 log = logging.getLogger("aiplus")
 
-_STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
 def _envelope(status: int, message: str, type_: str | None = None, param: str | None = None,
               code: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    error = {"message": message, "type": type_ or _STATUS_TYPES.get(status, "server_error"), "param": param, "code": code}
-    return json_response({"error": error}, status=status, headers=headers)
+    return APIError(status, message, type=type_, param=param, code=code, headers=headers).to_response()
 
 
 async def _api_error(_: Request, exc: APIError) -> Response:
@@ -69,7 +58,10 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return _envelope(500, "The server had an error while processing your request.", "server_error")
 
 
-async def _metrics(_: Request) -> Response:
+async def _metrics(request: Request) -> Response:
+    for model_id, model in request.app.state.runtime.models.items():
+        for replica, n in enumerate(model.engine.inflight() or [model.dispatcher.queue.in_flight]):
+            INFLIGHT.labels(model_id, str(replica)).set(n)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -113,11 +105,11 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Open-weight AI as a public utility: OpenAI-compatible API, metering, fair sharing, adoption.",
         version="0.1.0",
         lifespan=lifespan,
-        default_response_class=Response,
     )
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
+    app.include_router(adoption_api.router, tags=["adoption"], dependencies=[admin_api.require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)

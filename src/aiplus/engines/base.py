@@ -118,6 +118,10 @@ class Engine(abc.ABC):
     def healthy(self) -> bool:
         return True
 
+    def inflight(self) -> list[int] | None:
+        """Requests in flight per replica, for engines that pick replicas themselves; None: the dispatcher knows."""
+        return None
+
     @abc.abstractmethod
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """Prompt tokens of ``request`` (exact where the engine has the tokenizer, else an estimate).

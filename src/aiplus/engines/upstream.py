@@ -90,6 +90,9 @@ class UpstreamEngine(Engine):
     def healthy(self) -> bool:
         return any(r.healthy for r in self._replicas)
 
+    def inflight(self) -> list[int]:
+        return [r.outstanding for r in self._replicas]
+
     async def start(self) -> None:
         await self._check_all()
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.config.id}")

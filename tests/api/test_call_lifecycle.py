@@ -1,0 +1,129 @@
+"""The life of a call on the live server: metering of abandoned streams and queued requests, metrics, admin-only routes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, DEFAULT_MODEL, start_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lifecycle")
+    s = start_server(tmp, f'[[models]]\nid = "{DEFAULT_MODEL}"\nmax_concurrency = 1\n')
+    yield s
+    s.stop()
+
+
+def events(server, org_id: str) -> list[dict]:
+    db = sqlite3.connect(server.data_dir / "aiplus.db")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM usage_events WHERE org_id = ? ORDER BY started_at", (org_id,))]
+    finally:
+        db.close()
+
+
+def wait_events(server, org_id: str, n: int, timeout: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = events(server, org_id)
+        if len(rows) >= n:
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"expected {n} usage events for {org_id}, found {events(server, org_id)}")
+
+
+def raw_stream(server, key: str, max_tokens: int) -> socket.socket:
+    """Open a streaming chat request on a bare socket, so the test decides exactly when the client vanishes."""
+    body = json.dumps({"model": DEFAULT_MODEL, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Write a very long story about the sea."}]}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_client_leaving_mid_stream_is_metered_for_what_it_received(server):
+    org = server.new_org("Leaving Clinic", sector="healthcare")
+    sock = raw_stream(server, org["key"], max_tokens=400)
+    received = b""
+    while received.count(b"data: {") < 12:  # role chunk + about 10 tokens
+        received += sock.recv(65536)
+    sock.close()
+    (event,) = wait_events(server, org["org"]["id"], 1)
+    assert event["status"] == "cancelled"
+    assert 10 <= event["completion_tokens"] < 60, event  # what it got, not the 400 it asked for
+    assert event["prompt_tokens"] > 0 and event["ttft_ms"] is not None
+    # the engine stopped: the next request is served at once, not after 400 tokens
+    other = server.new_org("Next One")
+    t0 = time.perf_counter()
+    r = httpx.post(f"{server.v1}/chat/completions", timeout=60, headers={"authorization": f"Bearer {other['key']}"},
+                   json={"model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and time.perf_counter() - t0 < 3.0
+
+
+def test_client_leaving_while_queued_leaves_the_queue(server):
+    busy = server.new_org("Busy Bank", sector="finance")
+    waiting = server.new_org("Impatient Shop", sector="trade")
+    hog = raw_stream(server, busy["key"], max_tokens=300)  # holds the only slot
+    hog.recv(4096)
+    queued = raw_stream(server, waiting["key"], max_tokens=50)
+    time.sleep(0.5)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'aiplus_queue_length{model="smollm2-135m-instruct",tier="standard"} 1.0' in metrics
+    queued.close()
+    (event,) = wait_events(server, waiting["org"]["id"], 1)
+    assert event["status"] == "cancelled" and event["completion_tokens"] == 0
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'aiplus_queue_length{model="smollm2-135m-instruct",tier="standard"} 0.0' in metrics
+    hog.close()
+    wait_events(server, busy["org"]["id"], 1)
+
+
+def test_every_answered_request_has_one_event_with_its_usage(server):
+    org = server.new_org("Counting Ministry", sector="public_administration")
+    headers = {"authorization": f"Bearer {org['key']}"}
+    usages = []
+    for _ in range(3):
+        r = httpx.post(f"{server.v1}/chat/completions", headers=headers, timeout=60,
+                       json={"model": DEFAULT_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        usages.append((r.headers["x-request-id"], r.json()["usage"]))
+    rows = wait_events(server, org["org"]["id"], 3)
+    assert {(e["request_id"], e["prompt_tokens"], e["completion_tokens"]) for e in rows} == {
+        (rid, u["prompt_tokens"], u["completion_tokens"]) for rid, u in usages
+    }
+    assert all(e["status"] == "ok" and e["cost_micros"] > 0 for e in rows) or all(e["cost_micros"] == 0 for e in rows)
+
+
+def test_rate_limit_headers_like_openai(server):
+    org = server.new_org("Header Reader")
+    r = httpx.post(f"{server.v1}/chat/completions", headers={"authorization": f"Bearer {org['key']}"}, timeout=60,
+                   json={"model": DEFAULT_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
+                 "x-ratelimit-remaining-tokens", "x-request-id"):
+        assert name in r.headers, name
+
+
+def test_metrics_exposes_scheduler_and_engine_state(server):
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("aiplus_queue_length", "aiplus_queue_wait_seconds_bucket", "aiplus_tokens_served_total",
+                 "aiplus_inflight_requests"):
+        assert name in text, name
+    assert 'aiplus_inflight_requests{model="smollm2-135m-instruct",replica="0"}' in text
+
+
+def test_adoption_report_is_admin_only(server):
+    org = server.new_org("Curious School")
+    r = httpx.get(f"{server.url}/admin/adoption", headers={"authorization": f"Bearer {org['key']}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_only"
+    r = httpx.get(f"{server.url}/admin/adoption", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 200, r.text

@@ -127,3 +127,16 @@ def test_adoption_report_is_admin_only(server):
     assert r.status_code == 403 and r.json()["error"]["code"] == "admin_only"
     r = httpx.get(f"{server.url}/admin/adoption", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 200, r.text
+
+
+def test_server_stays_responsive_while_the_model_generates(server):
+    org = server.new_org("Long Writer")
+    hog = raw_stream(server, org["key"], max_tokens=300)
+    hog.recv(4096)
+    worst = 0.0
+    for _ in range(10):
+        t0 = time.perf_counter()
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+        worst = max(worst, time.perf_counter() - t0)
+    hog.close()
+    assert worst < 0.25, worst

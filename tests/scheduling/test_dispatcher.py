@@ -189,3 +189,24 @@ def test_resize_dispatches_waiters_when_capacity_grows():
             lease.release()
 
     asyncio.run(main())
+
+
+def test_acquire_nowait_serves_only_when_nobody_waits():
+    async def scenario() -> None:
+        d = Dispatcher(model_id(), 1)
+        first = d.acquire_nowait("a", 1.0, 10, 10)
+        assert first is not None
+        assert d.acquire_nowait("b", 1.0, 10, 10) is None  # the budget is full
+        waiter = asyncio.create_task(d.acquire("b", 1.0, 10, 10))
+        await asyncio.sleep(0)
+        first.release()  # hands the slot to the waiter, not to a newcomer
+        assert d.acquire_nowait("c", 1.0, 10, 10) is None
+        second = await waiter
+        assert second.org_id == "b"
+        second.release()
+        third = d.acquire_nowait("c", 1.0, 10, 10)
+        assert third is not None and d.queue.in_flight == 1
+        third.release()
+        assert d.queue.in_flight == 0 and d.queue.queued == 0
+
+    asyncio.run(scenario())

@@ -222,9 +222,13 @@ class Call:
                            headers={**exc.headers, "retry-after": str(exc.retry_after)}) from None
         self.headers.update(self.reservation.headers)
         p = self.principal
+        dispatcher = self.model.dispatcher
+        self.lease = dispatcher.acquire_nowait(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier)
+        if self.lease is not None:
+            return
         try:
             self.lease = await until_disconnect(
-                self.model.dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier),
+                dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier),
                 self.request.receive,
             )
         except QueueTimeout as exc:

@@ -389,14 +389,35 @@ class Dispatcher:
             )
         return children
 
+    def _enter(self, org_id: str, weight: float, prompt_tokens: int, max_tokens: int, tier: str) -> Ticket:
+        ticket = self.queue.submit(org_id, weight, prompt_tokens, max_tokens, tier=tier, now=self._now())
+        self._metrics(tier)[0].inc()
+        self._pump()
+        return ticket
+
+    def acquire_nowait(
+        self, org_id: str, weight: float, prompt_tokens: int, max_tokens: int, tier: str = "standard"
+    ) -> Lease | None:
+        """A turn at once when nobody waits and the budget has room — the common case, served without
+        creating a waiter; None means the request must ``acquire`` (and wait) like everyone else."""
+        q = self.queue
+        if q.queued or q.in_flight >= q.capacity:
+            return None
+        cap = q.max_inflight_tokens
+        if cap is not None and q.in_flight and q.inflight_tokens + prompt_tokens + max_tokens > cap:
+            return None
+        ticket = self._enter(org_id, weight, prompt_tokens, max_tokens, tier)
+        if ticket.state is not RUNNING:  # cannot happen with nothing queued, but never strand a ticket
+            self._drop(ticket)
+            return None
+        return Lease(self, ticket, 0.0)
+
     async def acquire(
         self, org_id: str, weight: float, prompt_tokens: int, max_tokens: int, tier: str = "standard"
     ) -> Lease:
         """Wait until dispatched. Raises QueueTimeout after ``queue_timeout_s``; cancelling the awaiting
         task (client gone) takes the request out of the queue."""
-        ticket = self.queue.submit(org_id, weight, prompt_tokens, max_tokens, tier=tier, now=self._now())
-        self._metrics(tier)[0].inc()
-        self._pump()
+        ticket = self._enter(org_id, weight, prompt_tokens, max_tokens, tier)
         if ticket.state is RUNNING:
             return Lease(self, ticket, 0.0)
         loop = asyncio.get_running_loop()

@@ -209,6 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-write", dest="write", action="store_false")
     p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--note", action="append", default=[], help="a line for the notes under the table")
     p.add_argument("--json-out", help="also save every measurement as JSON here")
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and server logs")
     args = p.parse_args(argv)
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "versions": versions,
         "peaks": peaks,
-        "notes": notes,
+        "notes": [*notes, *args.note],
         "duration": args.duration,
         "warmup": args.warmup,
         "paced_delay_ms": args.paced_delay_ms,

@@ -427,6 +427,20 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
         print(f"chart written to {path}")
 
     @rejected
+    def adoption_refresh(args):
+        from aiplus.adoption import snapshots
+        from aiplus.adoption.penetration import Definition
+        from aiplus.adoption.report import refresh_snapshots
+
+        settings, engine = open_db(args)
+        with engine.connect() as conn:
+            if not snapshots.available(conn):
+                print("window-sum tables not present: every report measures all months live from the rollups")
+                return 0
+            stored = refresh_snapshots(conn, Definition.from_config(settings.adoption), rebuild=args.rebuild)
+        print(f"stored the window sums of {stored} settled month(s)")
+
+    @rejected
     def demo_seed(args):
         import time
 
@@ -449,7 +463,8 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
     config_option(p)
     p.set_defaults(func=registry_import)
     p = registry_sub.add_parser(
-        "observations", help="import external penetration figures: FILE.csv with sector,date,penetration,source"
+        "observations",
+        help="import external penetration figures: FILE.csv with sector,date,penetration,source",
     )
     p.add_argument("file", metavar="FILE.csv")
     config_option(p)
@@ -465,7 +480,9 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
         if name == "chart":
             p.add_argument("out", metavar="OUT.png|OUT.svg")
         p.add_argument("--by", choices=("sector", "region", "size"), default="sector")
-        p.add_argument("--as-of", metavar="YYYY-MM-DD", help="measure up to the last complete month at this date")
+        p.add_argument(
+            "--as-of", metavar="YYYY-MM-DD", help="measure up to the last complete month at this date"
+        )
         p.add_argument(
             "--fit-on",
             choices=("ledger", "observations", "both"),
@@ -474,9 +491,18 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
         )
         if name == "report":
             p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-            p.add_argument("--no-band", dest="band", action="store_false", help="JSON: leave out the monthly band")
+            p.add_argument(
+                "--no-band", dest="band", action="store_false", help="JSON: leave out the monthly band"
+            )
         config_option(p)
         p.set_defaults(func=func)
+
+    p = adoption_sub.add_parser(
+        "refresh", help="store the window sums of settled months (if the tables exist)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="sum every settled month again (after late events)")
+    config_option(p)
+    p.set_defaults(func=adoption_refresh)
 
     demo = sub.add_parser("demo", help="synthetic data to try aiplus with")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True)

@@ -15,7 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
+from aiplus.adoption import snapshots
 from aiplus.adoption.register import SIZE_CLASSES
+from aiplus.adoption.snapshots import per_org_sums
 from aiplus.config import SECTORS, AdoptionConfig
 from aiplus.storage.tables import orgs, register_orgs, usage_daily
 
@@ -199,20 +201,22 @@ def window_cells(
             (s, g, z): Cell(adopting=int(a), adopting_employees=int(ae or 0), agent=None, tokens=None)
             for s, g, z, a, ae in conn.execute(query)
         }
-    per_org = (
-        sa.select(
-            d.c.org_id,
-            sa.func.sum(d.c.requests).label("n"),
-            sa.func.sum(d.c.tool_requests).label("t"),
-            sa.func.sum(d.c.prompt_tokens + d.c.completion_tokens).label("tok"),
-        )
-        .where(*window)
-        .group_by(d.c.org_id)
-        .subquery()
-    )
+    found = conn.execute(_counts(per_org_sums(definition.window_days, end).subquery(), definition))
+    return {
+        (s, g, z): Cell(adopting=int(a), adopting_employees=int(ae), agent=int(ag), tokens=int(tok or 0))
+        for s, g, z, a, ae, ag, tok in found
+    }
+
+
+def _counts(per_org: sa.Subquery, definition: Definition, *, by_month: bool = False) -> sa.Select:
+    """Adopting orgs, their employees, agent users and tokens per group, from per-org sums ``n``, ``t``, ``tok``."""
+    r = register_orgs
     counted = per_org.c.t if definition.agent_use_requires_tools else per_org.c.n
     adopting = counted >= definition.min_requests
-    query = (
+    group = [r.c.sector, r.c.region, r.c.size_class]
+    if by_month:
+        group.insert(0, per_org.c.month_end)
+    return (
         sa.select(
             *group,
             sa.func.sum(sa.case((adopting, 1), else_=0)),
@@ -223,10 +227,31 @@ def window_cells(
         .select_from(per_org.join(r, r.c.id == per_org.c.org_id))
         .group_by(*group)
     )
-    return {
-        (s, g, z): Cell(adopting=int(a), adopting_employees=int(ae), agent=int(ag), tokens=int(tok or 0))
-        for s, g, z, a, ae, ag, tok in conn.execute(query)
-    }
+
+
+def stored_cells(
+    conn: sa.Connection, definition: Definition, months: list[date]
+) -> dict[date, dict[Key, Cell]]:
+    """The same numerators as ``window_cells``, read from stored window sums (see ``snapshots``)."""
+    w = snapshots.window_sums
+    per_org = (
+        sa.select(
+            w.c.month_end,
+            w.c.org_id,
+            w.c.requests.label("n"),
+            w.c.tool_requests.label("t"),
+            w.c.tokens.label("tok"),
+        )
+        .where(w.c.window_days == definition.window_days, w.c.month_end.in_(months))
+        .subquery()
+    )
+    out: dict[date, dict[Key, Cell]] = {m: {} for m in months}
+    for m, s, g, z, a, ae, ag, tok in conn.execute(_counts(per_org, definition, by_month=True)):
+        m = date.fromisoformat(m) if isinstance(m, str) else m
+        out[m][(s, g, z)] = Cell(
+            adopting=int(a), adopting_employees=int(ae), agent=int(ag), tokens=int(tok or 0)
+        )
+    return out
 
 
 def first_usage_day(conn: sa.Connection) -> date | None:
@@ -256,8 +281,9 @@ def penetration_series(
 ) -> Series:
     """Monthly figures from the first month with usage (or ``first``) to the last complete month at ``as_of``.
 
+    Months with stored window sums (``snapshots``) are read from them; the others are measured live, where
     ``detail="latest"`` measures agent use and tokens for the last month only (the series needs only
-    penetration and is a third faster); ``"all"`` measures them every month.
+    penetration, and this is a third faster) and ``"all"`` measures them every month.
     """
     if detail not in ("latest", "all"):
         raise ValueError(f"detail must be 'latest' or 'all', not {detail!r}")
@@ -271,9 +297,14 @@ def penetration_series(
     axis = CUTS[by]
     names = group_order(by, {key[axis] for key in base})
     series = Series(by=by, months=months, groups={name: [] for name in names})
+    stored = {}
+    if snapshots.available(conn):
+        stored = stored_cells(
+            conn, definition, sorted(snapshots.stored_months(conn, definition.window_days, months))
+        )
     for end in months:
-        detailed = detail == "all" or end == months[-1]
-        found = window_cells(conn, definition, end, detail=detailed)
+        detailed = detail == "all" or end == months[-1] or end in stored
+        found = stored[end] if end in stored else window_cells(conn, definition, end, detail=detailed)
         zero = 0 if detailed else None
         cells = {name: Cell(agent=zero, tokens=zero) for name in names}
         total = Cell(agent=zero, tokens=zero)

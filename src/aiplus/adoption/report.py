@@ -9,12 +9,23 @@ import csv
 import io
 import zlib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
+from aiplus.adoption import snapshots
 from aiplus.adoption.diffusion import STATUS_RULE, Forecast, forecast
-from aiplus.adoption.penetration import Cell, Definition, Series, penetration_series, unregistered_tenants
+from aiplus.adoption.penetration import (
+    MAX_MONTHS,
+    Cell,
+    Definition,
+    Series,
+    first_usage_day,
+    last_complete_month_end,
+    month_ends,
+    penetration_series,
+    unregistered_tenants,
+)
 from aiplus.adoption.register import ALL_SECTORS, load_observations
 from aiplus.config import AdoptionConfig
 
@@ -91,6 +102,7 @@ def build_report(
     if fit_on not in FIT_SOURCES:
         raise ValueError(f"fit_on must be one of {', '.join(FIT_SOURCES)}, not {fit_on!r}")
     definition = Definition.from_config(config)
+    refresh_snapshots(conn, definition, as_of)
     series: Series = penetration_series(conn, definition, by=by, as_of=as_of, detail=detail)
     observations = load_observations(conn)
 
@@ -124,6 +136,28 @@ def build_report(
     return Report(
         definition, config.targets, by, series.months, groups, total, fit_on, unregistered_tenants(conn)
     )
+
+
+def refresh_snapshots(
+    conn: sa.Connection, definition: Definition, as_of: date | None = None, *, rebuild: bool = False
+) -> int:
+    """Store the settled months' window sums not stored yet (a no-op until the snapshot tables exist).
+
+    Runs on connections of its own before ``conn`` reads anything: a read transaction already open on
+    ``conn`` could not see what they store, so then it does nothing (the report measures those months live).
+    """
+    if conn.in_transaction():
+        return 0
+    engine = conn.engine
+    with engine.connect() as other:
+        if not snapshots.available(other):
+            return 0
+        first = first_usage_day(other)
+    if first is None:
+        return 0
+    last = last_complete_month_end(as_of or datetime.now(UTC).date())
+    months = month_ends(first, last)[-MAX_MONTHS:]
+    return snapshots.refresh(engine, definition.window_days, months, rebuild=rebuild)
 
 
 def _pct(value: float | None) -> str:

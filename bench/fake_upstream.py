@@ -1,7 +1,7 @@
 """A minimal, fast OpenAI-compatible upstream for overhead benchmarks.
 
 Answers ``POST /v1/chat/completions`` (JSON, or SSE when ``stream`` is true, with a final usage chunk when
-``stream_options.include_usage`` is set), ``POST /v1/completions``, ``GET /v1/models`` and ``GET /healthz``
+``stream_options.include_usage`` is set), ``POST /v1/completions``, ``GET /v1/models``, ``GET /healthz`` and ``GET /bench/stats`` (requests and connections so far)
 with fixed text and fixed usage. It is a raw asyncio Protocol on uvloop with httptools parsing and responses
 pre-encoded per model name, so that it answers in tens of microseconds and the gateway in front of it is
 what a benchmark measures.
@@ -138,6 +138,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server.connections += 1
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -171,6 +172,7 @@ class FakeUpstream:
         self.chunk_delay = chunk_delay
         self.answers: dict[str, Answers] = {}
         self.requests = 0
+        self.connections = 0
 
     def answers_for(self, model: str) -> Answers:
         answers = self.answers.get(model)
@@ -206,6 +208,11 @@ class FakeUpstream:
             transport.write(answers.completion)
         elif method == b"GET" and path in (b"/v1/models", b"/models"):
             transport.write(MODELS_BODY)
+        elif method == b"GET" and path == b"/bench/stats":
+            # Connections accepted so far: a gateway that keeps its upstream connections alive opens few.
+            transport.write(
+                _http("200 OK", b'{"requests":%d,"connections":%d}' % (self.requests, self.connections))
+            )
         elif method == b"GET" and path in (b"/healthz", b"/health", b"/"):
             transport.write(HEALTH)
         else:

@@ -24,7 +24,7 @@ def py_spy() -> str | None:
 
 
 def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Popen:
-    """Start sampling ``pid`` and its subprocesses for ``seconds``; collapsed stacks go to ``out``."""
+    """Start sampling ``pid`` (all its threads) for ``seconds``; collapsed stacks go to ``out``."""
     exe = py_spy()
     if exe is None:
         raise RuntimeError("py-spy not found: install it with .venv/bin/pip install py-spy")

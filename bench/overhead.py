@@ -260,7 +260,7 @@ def _ms(value: float | None) -> str:
 
 
 def measure(
-    args: argparse.Namespace, directs: dict[str, Target], gateways: list[Target], notes: list[str]
+    args: argparse.Namespace, directs: dict[str, Direct], gateways: list[Target], notes: list[str]
 ) -> dict:
     """Every mode x concurrency x target cell; targets interleave so slow drift hits them alike."""
     results: dict[tuple[str, str, int], dict] = {}
@@ -271,6 +271,8 @@ def measure(
             for target in cell_targets:
                 if not target.server or not target.server.alive():
                     continue
+                upstream = directs[mode]
+                before = upstream.stats()
                 try:
                     r = run_loadgen(
                         target,
@@ -285,6 +287,9 @@ def measure(
                     notes.append(f"{target.name} {mode} c={c}: the load generator failed: {exc}"[:300])
                     print(f"  {mode:6} c={c:<3} {target.name:8} FAILED: {exc}", flush=True)
                     continue
+                if target is not upstream:
+                    opened = upstream.stats()["connections"] - before["connections"]
+                    r["upstream_conns_per_1k"] = opened / r["sent_total"] * 1000 if r["sent_total"] else None
                 results[(target.name, mode, c)] = r
                 extra = f" ttft p50 {_ms(r['ttft']['p50_ms'])}" if stream else ""
                 print(

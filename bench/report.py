@@ -26,7 +26,7 @@ def table(results: Results, targets: list[str], modes: list[str], concurrency: t
     """One markdown table: a row per mode, concurrency and target; added figures are over direct."""
     head = (
         "| mode | conc | target | req/s | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFT p50 ms | +TTFT p50 ms "
-        "| CPU s / 1k req | errors |"
+        "| CPU s / 1k req | upstream conns / 1k req | errors |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in modes:
@@ -35,7 +35,7 @@ def table(results: Results, targets: list[str], modes: list[str], concurrency: t
             for name in targets:
                 r = results.get((name, mode, c))
                 if r is None:
-                    rows.append(f"| {mode} | {c} | {name} | not run | | | | | | | | |")
+                    rows.append(f"| {mode} | {c} | {name} | not run | | | | | | | | | |")
                     continue
                 lat, stream = r["latency"], "ttft" in r
                 ttft = r.get("ttft", {}).get("p50_ms") if stream else None
@@ -48,7 +48,7 @@ def table(results: Results, targets: list[str], modes: list[str], concurrency: t
                 rows.append(
                     f"| {mode} | {c} | {name} | {r['rps']:.0f} | {_f(lat['p50_ms'], 3)} | {_f(lat['p99_ms'], 3)} "
                     f"| {_f(add50, 3, True)} | {_f(add99, 3, True)} | {_f(ttft, 3)} | {_f(add_ttft, 3, True)} "
-                    f"| {_f(r['cpu_s_per_1k'], 3)} | {r['errors']} |"
+                    f"| {_f(r['cpu_s_per_1k'], 3)} | {_f(r.get('upstream_conns_per_1k'), 1)} | {r['errors']} |"
                 )
     return "\n".join(rows)
 
@@ -131,7 +131,9 @@ def section(meta: dict, table_md: str, checks_md: str, rss: list[dict]) -> str:
             "(`LITELLM_LOCAL_MODEL_COST_MAP=True`, since only loopback is reachable here). Each cell is "
             f"{meta['warmup']:g} s of warm-up then {meta['duration']:g} s measured. `+` columns are the difference "
             "from `direct` at the same concurrency; TTFT is the time to the first SSE event with content; CPU is "
-            "user + system seconds of the server's process tree (/proc/PID/stat) per 1,000 requests sent. "
+            "user + system seconds of the server's process tree (/proc/PID/stat) per 1,000 requests sent; upstream "
+            "conns are the TCP connections the fake upstream accepted per 1,000 requests (a gateway that keeps "
+            "its upstream connections alive opens almost none). "
         )
         + (
             "Pinned (`--pin`): load generator and fake upstream on CPU 0, the gateway alone on CPU 1."

@@ -89,6 +89,11 @@ class Direct(Target):
         assert self.server is not None
         self.server.wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout=15)
 
+    def stats(self) -> dict[str, int]:
+        """Requests answered and connections accepted by the fake upstream so far."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/bench/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
 
 def litellm_installed(venv: Path) -> bool:
     return (venv / "bin" / "litellm").exists()

@@ -130,3 +130,44 @@ def test_report_replaces_only_its_own_section(tmp_path):
     text = doc.read_text()
     assert "keep me" in text and "second" in text and "first" not in text
     assert text.count(report.SECTION) == 1
+
+
+def test_fake_upstream_counts_connections(upstream_port):
+    def stats() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{upstream_port}/bench/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    before = stats()
+    asyncio.run(loadgen.run_load("127.0.0.1", upstream_port, concurrency=3, duration=0.2, warmup=0))
+    after = stats()
+    assert after["connections"] - before["connections"] == 3 + 1  # keep-alive, plus this stats call
+    assert after["requests"] - before["requests"] > 3
+
+
+def test_overhead_runs_end_to_end_on_direct(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "overhead.py"),
+            "--targets",
+            "direct",
+            "--modes",
+            "json,paced",
+            "--concurrency",
+            "2",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--write",
+            "--doc",
+            str(doc),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "| json | 2 | direct |" in out.stdout and "| paced | 2 | direct |" in out.stdout
+    assert report.SECTION in doc.read_text()

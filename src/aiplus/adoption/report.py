@@ -239,8 +239,8 @@ def to_rich_table(report: Report):
 def definition_caption(report: Report) -> str:
     targets = ", ".join(f">= {int(level * 100)}% by {d}" for d, level in report.targets)
     return (
-        f"{report.definition.text} Targets: {targets}. Forecast: Bass or logistic least-squares fit on the "
-        f"{report.fit_on} series, chosen by hold-out error; 80% band by bootstrap. Status: {STATUS_RULE} "
+        f"{report.definition.text} Targets: {targets}. Forecast: Bass (or logistic when its hold-out error is "
+        f"10% lower) least-squares fit on the {report.fit_on} series; 80% band by bootstrap. Status: {STATUS_RULE} "
         f"'+orgs/mo': organizations per month that must start beyond the forecast trend to meet the target on time."
         + (
             f" {report.unregistered_tenants} tenant org(s) are not in the register and are not counted."

@@ -401,7 +401,14 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
         settings, engine = open_db(args)
         as_of = date.fromisoformat(args.as_of) if args.as_of else None
         with engine.connect() as conn:
-            return build_report(conn, settings.adoption, by=args.by, as_of=as_of, fit_on=args.fit_on)
+            report = build_report(conn, settings.adoption, by=args.by, as_of=as_of, fit_on=args.fit_on)
+        if not report.total.latest.orgs:
+            print(
+                "aiplus: the register is empty, so there is no denominator: "
+                "aiplus registry import FILE.csv, or aiplus demo seed to try it",
+                file=sys.stderr,
+            )
+        return report
 
     @rejected
     def adoption_report(args):

@@ -1,6 +1,6 @@
 """Small hand-made ledgers whose penetration is worked out by hand, on SQLite and on PostgreSQL."""
 
-from datetime import date
+from datetime import UTC, date
 
 import pytest
 
@@ -147,3 +147,31 @@ def test_stored_window_sums_give_the_live_figures(db):
     assert series(db).total[0].adopting == 2
     assert snapshots.refresh(db, 30, months, today=date(2026, 3, 7), rebuild=True) == 2
     assert series(db).total[0].adopting == 3
+
+
+def test_through_the_ledger_days_are_utc(engine):
+    """Events written by the ledger: the rollup day is the UTC date, so a request at 00:30 in UTC+8 on
+    1 February counts for January (16:30 UTC on 31 January), and one at 00:30 UTC on 1 February does not."""
+    from datetime import datetime, timedelta, timezone
+
+    from aiplus.metering.ledger import UsageEvent, write_events
+
+    def event(i, org, when, status="ok"):
+        return UsageEvent(f"r-{org}-{i}", org, None, "m", "chat", 10, 5, status, False, when, 50, 100, 7)
+
+    utc8 = timezone(timedelta(hours=8))
+    mid_jan = datetime(2026, 1, 15, 12, tzinfo=UTC)
+    events = [event(i, "o1", mid_jan) for i in range(9)] + [
+        event(9, "o1", datetime(2026, 2, 1, 0, 30, tzinfo=utc8))
+    ]
+    events += [event(i, "o2", mid_jan) for i in range(9)] + [
+        event(9, "o2", datetime(2026, 2, 1, 0, 30, tzinfo=UTC))
+    ]
+    events += [event(i, "o3", mid_jan, status="error") for i in range(20)]
+    with engine.begin() as conn:
+        insert_register(conn, REGISTER)
+        assert write_events(conn, events) == 40
+        assert write_events(conn, events) == 0  # idempotent: the rollups count each request once
+    jan, feb = series(engine).total
+    assert (jan.adopting, feb.adopting) == (1, 0)
+    assert jan.tokens == 10 * 15 + 9 * 15  # o1's ten and o2's nine successful requests in January's window

@@ -232,7 +232,7 @@ def to_rich_table(report: Report):
             band = "-" if t.projected is None else f"{_pct(t.projected)} [{_pct(t.low)}-{_pct(t.high)}]"
             extra = "-" if t.extra_per_month is None else f"{t.extra_per_month:,}"
             cells += [band, t.status, t.reached or "never", extra]
-        table.add_row(*cells, end_section=g is report.groups[-1])
+        table.add_row(*cells, end_section=bool(report.groups) and g is report.groups[-1])
     return table
 
 

@@ -216,10 +216,3 @@ def _flush(engine: sa.Engine, pending: list[UsageEvent]) -> int:
         written = write_events(conn, pending)
     pending.clear()
     return written
-
-
-def expected_events(orgs: int, months: int, seed: int = 1) -> float:
-    """A rough count of events ``seed_demo`` writes, for sizing (no randomness beyond the region's)."""
-    region = synthetic_region(orgs, seed)
-    active = np.clip(months - region.start, 0, months)
-    return float(np.sum(monthly_rate(region.employees) * np.where(np.isfinite(active), active, 0)))

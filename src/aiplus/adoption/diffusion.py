@@ -11,7 +11,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
@@ -365,12 +365,3 @@ def _reached(fn, params, origin: date, dates: list[date], y: np.ndarray, level: 
     values = fn(np.array([years(x, origin) for x in months]), *params)
     hit = np.nonzero(values >= level)[0]
     return months[hit[0]].isoformat()[:7] if len(hit) else None
-
-
-def months_from(start: date, count: int) -> list[date]:
-    """``count`` month ends starting with ``start``'s month."""
-    out, m = [], month_end(start)
-    for _ in range(count):
-        out.append(m)
-        m = month_end(m + timedelta(days=1))
-    return out

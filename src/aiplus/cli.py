@@ -377,12 +377,14 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
 
     @rejected
     def registry_import(args):
-        from aiplus.adoption.register import import_register
+        from aiplus.adoption.register import import_register, registered_tenants
 
         _settings, engine = open_db(args)
         with engine.begin() as conn:
             result = import_register(conn, args.file)
+            matched = registered_tenants(conn)
         print(f"register: {result.rows} row(s) read, {result.inserted} added, {result.updated} updated")
+        print(f"{matched} tenant organization(s) are in the register (matched by id)")
 
     @rejected
     def registry_observations(args):

@@ -137,7 +137,8 @@ def test_cli_registry_report_chart_and_demo(tmp_path, capsys):
     good = tmp_path / "good.csv"
     good.write_text("id,name,sector,region,employees\nx1,A,ict,N,3\nx2,B,finance,S,300\n")
     assert main(["registry", "import", str(good), "--config", str(config)]) == 0
-    assert "2 row(s) read, 2 added" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 row(s) read, 2 added" in out and "0 tenant organization(s) are in the register" in out
     obs = tmp_path / "obs.csv"
     obs.write_text("sector,date,penetration,source\nall,2025-12-31,20%,Eurostat\n")
     assert main(["registry", "observations", str(obs), "--config", str(config)]) == 0

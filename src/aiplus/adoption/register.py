@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from aiplus.config import SECTORS
-from aiplus.storage.tables import adoption_observations, register_orgs
+from aiplus.storage.tables import adoption_observations, orgs, register_orgs
 from aiplus.tenancy.orgs import SIZE_CLASSES, size_class
 
 __all__ = ["SIZE_CLASSES", "ImportRejected", "import_observations", "import_register", "size_class"]
@@ -139,6 +139,12 @@ def insert_register(conn: sa.Connection, rows: Iterable[dict]) -> int:
     if batch:
         conn.execute(register_orgs.insert(), batch)
     return len(batch)
+
+
+def registered_tenants(conn: sa.Connection) -> int:
+    """Tenant organizations whose id is in the register: the only ones whose usage counts."""
+    query = sa.select(sa.func.count()).select_from(orgs.join(register_orgs, register_orgs.c.id == orgs.c.id))
+    return int(conn.scalar(query) or 0)
 
 
 def _share(text: str) -> float:

@@ -271,7 +271,8 @@ def forecast(
     resamples: int = 200,
     seed: int = 0,
 ) -> Forecast:
-    """Fit both curves to dated shares, keep the one with the lower hold-out error, bootstrap an 80% band.
+    """Fit both curves to dated shares, keep Bass unless the logistic's hold-out error is clearly lower
+    (``PREFER_BASS``), bootstrap an 80% band, and judge each target.
 
     ``orgs`` (the denominator) and ``adopting`` (now) turn shares into organizations per month.
     """
@@ -315,6 +316,9 @@ def forecast(
         lo_t, hi_t = np.clip(np.percentile(fn(target_t, *cols), BAND, axis=0), 0, 1)
     else:
         lo_grid, hi_grid, lo_t, hi_t = point_grid, point_grid, point_targets, point_targets
+    # A band always holds its point forecast (a fit pinned to a bound can leave it just outside the percentiles).
+    lo_grid, hi_grid = np.minimum(lo_grid, point_grid), np.maximum(hi_grid, point_grid)
+    lo_t, hi_t = np.minimum(lo_t, point_targets), np.maximum(hi_t, point_targets)
 
     result = Forecast(
         model,

@@ -27,13 +27,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, any_status: bool = False) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
+            status = httpx.get(url, timeout=2.0).status_code
+            if any_status or status < 500:
                 return
         except httpx.HTTPError:
             pass
@@ -93,7 +94,7 @@ def start_server(tmp: Path, config: str = "", env: dict[str, str] | None = None,
     )
     server = Server(f"http://127.0.0.1:{port}", proc, data_dir, log, full_env)
     try:
-        wait_http(f"{server.url}/healthz", proc)
+        wait_http(f"{server.url}/healthz", proc, any_status=True)  # 503 is an answer too: a model may be down
     except Exception:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}") from None

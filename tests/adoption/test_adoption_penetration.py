@@ -131,7 +131,6 @@ def test_stored_window_sums_give_the_live_figures(db):
     from aiplus.adoption.report import refresh_snapshots
 
     live, live_size = series(db), series(db, by="size")
-    snapshots.metadata.create_all(db)
     months = [date(2026, 1, 31), date(2026, 2, 28)]
     assert snapshots.refresh(db, 30, months, today=date(2026, 3, 6)) == 1  # February is not settled yet
     assert snapshots.refresh(db, 30, months, today=date(2026, 3, 7)) == 1

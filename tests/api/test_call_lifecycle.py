@@ -16,7 +16,8 @@ from tests.conftest import ADMIN_TOKEN, DEFAULT_MODEL, start_server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lifecycle")
-    s = start_server(tmp, f'[[models]]\nid = "{DEFAULT_MODEL}"\nmax_concurrency = 1\n')
+    s = start_server(tmp, f'[tiers.tiny]\nrequests_per_minute = 2\n[[models]]\nid = "{DEFAULT_MODEL}"\n'
+                          "max_concurrency = 1\n")
     yield s
     s.stop()
 
@@ -140,3 +141,17 @@ def test_server_stays_responsive_while_the_model_generates(server):
         worst = max(worst, time.perf_counter() - t0)
     hog.close()
     assert worst < 0.25, worst
+
+
+def test_rate_limited_org_gets_429_with_retry_after(server):
+    org = server.new_org("Tiny Tier Shop", tier="tiny", sector="trade")
+    body = {"model": DEFAULT_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {org['key']}"}
+    answers = [httpx.post(f"{server.v1}/chat/completions", headers=headers, json=body, timeout=60) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    limited = answers[-1]
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    rows = wait_events(server, org["org"]["id"], 3)
+    assert sorted(e["status"] for e in rows) == ["ok", "ok", "rejected"]

@@ -180,3 +180,31 @@ def test_tools_pass_through_to_upstream(r1_gateway):
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert calls and calls[0].function.name == "weather"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_no_live_replica_is_a_503(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    server = start_server(tmp_path, f'[[models]]\nid = "gone"\nengine = "openai"\nupstreams = ["{dead}"]\n')
+    try:
+        org = server.new_org("Unlucky Farm", sector="agriculture")
+        r = httpx.post(f"{server.v1}/chat/completions", headers={"authorization": f"Bearer {org['key']}"},
+                       json={"model": "gone", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "engine_unavailable"
+        assert httpx.get(f"{server.url}/healthz").json()["models"] == {"gone": "unavailable"}
+    finally:
+        server.stop()
+
+
+def test_serve_a_gguf_by_path(tmp_path):
+    path = default_model_path()
+    server = start_server(tmp_path, args=("--model", str(path)))
+    try:
+        org = server.new_org("Path User")
+        client = openai.OpenAI(base_url=server.v1, api_key=org["key"], max_retries=0)
+        assert [m.id for m in client.models.list().data] == [path.stem.lower()]
+        r = client.chat.completions.create(model=path.stem.lower(), max_tokens=4,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert r.usage.completion_tokens > 0
+    finally:
+        server.stop()

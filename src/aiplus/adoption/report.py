@@ -150,8 +150,6 @@ def refresh_snapshots(
         return 0
     engine = conn.engine
     with engine.connect() as other:
-        if not snapshots.available(other):
-            return 0
         first = first_usage_day(other)
     if first is None:
         return 0

@@ -6,9 +6,9 @@ A month's window is settled ``SETTLE_DAYS`` after it ends; later events for it (
 are not reflected until the month is summed again (``refresh(..., rebuild=True)``). The register is joined at
 read time, so register changes and the threshold N apply at once; only ``window_days`` is part of the key.
 
-PROPOSED SCHEMA: the two tables are defined here on their own MetaData and are not created by the migrations
-yet. Until they exist ``available()`` is False, nothing is stored, and every month is measured live from
-``usage_daily`` (same figures, slower). See docs/adoption.md, "Performance".
+Months not stored (not settled yet, or never refreshed) are measured live from ``usage_daily``: the same figures,
+slower. See docs/adoption.md, "Performance". The tables are ``adoption_window_months`` and
+``adoption_window_sums`` (storage/tables.py, migration 0002).
 """
 
 from __future__ import annotations
@@ -18,36 +18,11 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from aiplus.storage.tables import adoption_window_months as window_months
+from aiplus.storage.tables import adoption_window_sums as window_sums
 from aiplus.storage.tables import usage_daily
 
 SETTLE_DAYS = 7
-
-metadata = sa.MetaData()
-
-window_months = sa.Table(
-    "adoption_window_months",
-    metadata,
-    sa.Column("window_days", sa.Integer, primary_key=True),
-    sa.Column("month_end", sa.Date, primary_key=True),
-    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-window_sums = sa.Table(
-    "adoption_window_sums",
-    metadata,
-    sa.Column("window_days", sa.Integer, primary_key=True),
-    sa.Column("month_end", sa.Date, primary_key=True),
-    sa.Column("org_id", sa.String(64), primary_key=True),
-    sa.Column("requests", sa.BigInteger, nullable=False),
-    sa.Column("tool_requests", sa.BigInteger, nullable=False),
-    sa.Column("tokens", sa.BigInteger, nullable=False),
-)
-
-
-def available(conn: sa.Connection) -> bool:
-    inspector = sa.inspect(conn)
-    return inspector.has_table(window_months.name) and inspector.has_table(window_sums.name)
-
 
 def settled(end: date, today: date) -> bool:
     return end + timedelta(days=SETTLE_DAYS) <= today
@@ -122,8 +97,6 @@ def refresh(
     """Store every settled month of ``months`` not stored yet (all of them with ``rebuild``); returns how many."""
     today = today or datetime.now(UTC).date()
     with engine.connect() as conn:
-        if not available(conn):
-            return 0
         done = set() if rebuild else stored_months(conn, window_days, months)
     todo = [m for m in months if settled(m, today) and m not in done]
     return sum(store_month(engine, window_days, m, rebuild=rebuild) for m in todo)

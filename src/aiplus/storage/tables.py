@@ -98,3 +98,23 @@ adoption_observations = sa.Table(
     sa.Column("penetration", sa.Float, nullable=False),  # a share in [0, 1]; not money
     sa.Column("source", sa.String(200), nullable=False),
 )
+
+# Settled monthly adoption windows, summed once per organization (see adoption/snapshots.py).
+adoption_window_months = sa.Table(
+    "adoption_window_months",
+    metadata,
+    sa.Column("window_days", sa.Integer, primary_key=True),
+    sa.Column("month_end", sa.Date, primary_key=True),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+adoption_window_sums = sa.Table(
+    "adoption_window_sums",
+    metadata,
+    sa.Column("window_days", sa.Integer, primary_key=True),
+    sa.Column("month_end", sa.Date, primary_key=True),
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("tool_requests", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+)

@@ -200,6 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--litellm-venv", default=str(BENCH_DIR / ".venv-litellm"))
     p.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs into the LiteLLM venv")
     p.add_argument("--aiplus-cmd", help="command that runs aiplus (default: the aiplus next to this python)")
+    p.add_argument("--aiplus-args", default="", help="extra arguments for aiplus serve, e.g. '--workers 2'")
     p.add_argument("--aiplus-key", help="use this key instead of creating an org and key")
     p.add_argument(
         "--pin", action="store_true", help="load generator and upstream on CPU 0, the gateway alone on CPU 1"
@@ -236,7 +237,9 @@ def start_gateways(args: argparse.Namespace, workdir: Path, upstreams: dict[str,
     for name in args.targets:
         if name == "aiplus":
             command = shlex.split(args.aiplus_cmd) if args.aiplus_cmd else None
-            target: Target = Aiplus(workdir, upstreams, command, args.aiplus_key)
+            target: Target = Aiplus(
+                workdir, upstreams, command, args.aiplus_key, shlex.split(args.aiplus_args)
+            )
         elif name == "litellm":
             target = LiteLLM(workdir, upstreams, Path(args.litellm_venv))
         else:

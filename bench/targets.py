@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,17 @@ PYTHON = sys.executable
 LITELLM_MASTER_KEY = "sk-bench-master"
 ADMIN_TOKEN = "bench-admin-token"
 BENCH_TIER = "bench"
+
+
+def source_version() -> str:
+    """The commit aiplus runs from, marked when src/ has changes not yet committed (editable install)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(REPO), *args], check=False, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    return f"{commit} + uncommitted changes in src/" if git("status", "--porcelain", "--", "src") else commit
 
 
 def free_port() -> int:
@@ -189,10 +199,12 @@ class Aiplus(Target):
         upstreams: dict[str, str],
         command: list[str] | None = None,
         api_key: str | None = None,
+        serve_args: list[str] | None = None,
     ) -> None:
         super().__init__(workdir)
         self.upstreams = upstreams
-        self.command = command or [shutil.which("aiplus") or str(Path(PYTHON).parent / "aiplus")]
+        self.command = command or [str(Path(PYTHON).parent / "aiplus")]
+        self.serve_args = serve_args or []
         self.api_key = api_key
         self.data_dir = workdir / "aiplus-data"
 
@@ -223,7 +235,7 @@ class Aiplus(Target):
         config = self.write_config()
         env = dict(os.environ)
         env["AIPLUS_ADMIN_TOKEN"] = ADMIN_TOKEN
-        argv = [*self.command, "serve", "--config", str(config), "--port", str(self.port)]
+        argv = [*self.command, "serve", "--config", str(config), "--port", str(self.port), *self.serve_args]
         self.server = Server(
             "aiplus",
             argv,
@@ -232,13 +244,7 @@ class Aiplus(Target):
             log_path=self.workdir / "aiplus.log",
             cpus=self.cpus,
         )
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        self.version = out.stdout.strip()
+        self.version = source_version()
 
     def wait_ready(self) -> None:
         assert self.server is not None

@@ -31,7 +31,9 @@ def replicas(tmp_path_factory):
     for i in range(2):
         port = free_port()
         proc = spawn([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
-                      "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
+                      "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+                      # by default it cuts a running stream short whenever another request (a health check) arrives
+                      "--interrupt_requests", "false"],
                      tmp / f"replica{i}.log")
         procs.append((proc, f"http://127.0.0.1:{port}/v1"))
     for proc, url in procs:

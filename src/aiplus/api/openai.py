@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from aiplus import protocol
@@ -90,15 +90,15 @@ async def chat_completions(request: Request) -> Response:
         model=body.model,
         kind="chat",
         stream=body.stream,
-        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+        messages=data["messages"],  # validated above; passed on as sent (no re-serialization per request)
         max_tokens=body.token_limit,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stop_list,
         seed=body.seed,
-        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
+        tools=data.get("tools") or None,
         tool_choice=body.tool_choice,
-        response_format=body.response_format.model_dump(exclude_none=True) if body.response_format else None,
+        response_format=data.get("response_format"),
         extra={k: v for k, v in data.items() if k not in _CHAT_FIELDS},
     )
     return await call.run(gen, stream=body.stream, include_usage=body.include_usage)
@@ -162,10 +162,6 @@ async def healthz(request: Request) -> Response:
         {"status": "ok" if ok else "degraded", "models": models, "uptime_s": int(time.time() - runtime.started)},
         status=200 if ok else 503,
     )
-
-
-def _streaming(response: Response) -> bool:
-    return isinstance(response, StreamingResponse)
 
 
 routes = [

@@ -2,7 +2,10 @@
 
 Several replicas per model; each request goes to the healthy replica with the fewest outstanding requests. A
 replica that fails before the first byte is marked down and the request is retried on another; periodic health
-checks bring it back. Streams are relayed chunk by chunk as they arrive (httpx keep-alive pool, no buffering).
+checks bring it back. Streams are relayed chunk by chunk as they arrive, over a keep-alive pool.
+
+The HTTP client is aiohttp: on this path httpx cost about 1 ms of CPU per request (most of it scanning its
+connection pool), aiohttp about 75 µs — see docs/benchmarks.md, "Gateway overhead".
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from aiplus.config import ModelConfig
@@ -41,6 +44,10 @@ class Replica:
 
 class _BeforeFirstByte(Exception):
     """A failure that happened before the upstream sent anything: safe to retry elsewhere."""
+
+    def __init__(self, message: str, stale: bool = False):
+        super().__init__(message)
+        self.stale = stale
 
 
 def _error_from(status: int, body: bytes) -> UpstreamError:
@@ -72,15 +79,8 @@ class UpstreamEngine(Engine):
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._model_name = config.upstream_model or config.id
-        per_replica = max(config.max_concurrency, 1)
-        self._client = httpx.AsyncClient(
-            headers=self._headers,
-            timeout=httpx.Timeout(config.request_timeout_s, connect=5.0),
-            limits=httpx.Limits(
-                max_connections=per_replica * len(self._replicas) + 8,
-                max_keepalive_connections=per_replica * len(self._replicas) + 8,
-            ),
-        )
+        self._pool_size = max(config.max_concurrency, 1) * len(self._replicas) + 8
+        self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
 
     @property
@@ -94,19 +94,26 @@ class UpstreamEngine(Engine):
         return [r.outstanding for r in self._replicas]
 
     async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self.config.request_timeout_s),
+            auto_decompress=True,
+        )
         await self._check_all()
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.config.id}")
 
     async def close(self) -> None:
         if self._health_task:
             self._health_task.cancel()
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def _check(self, replica: Replica) -> None:
         try:
-            response = await self._client.get(f"{replica.url}/models", timeout=3.0)
-            replica.healthy = response.status_code < 500
-        except httpx.HTTPError:
+            async with self._session.get(f"{replica.url}/models", timeout=aiohttp.ClientTimeout(total=3.0)) as r:
+                replica.healthy = r.status < 500
+        except (TimeoutError, aiohttp.ClientError):
             replica.healthy = False
         if replica.healthy:
             replica.failures = 0
@@ -165,56 +172,70 @@ class UpstreamEngine(Engine):
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)
 
-    async def _send(self, replica: Replica, path: str, body: bytes) -> httpx.Response:
+    async def _send(self, replica: Replica, path: str, body: bytes) -> aiohttp.ClientResponse:
         """Send and wait for the status line; failures here are retryable on another replica."""
         try:
-            req = self._client.build_request("POST", f"{replica.url}{path}", content=body)
-            response = await self._client.send(req, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self._session.post(f"{replica.url}{path}", data=body)
+        except aiohttp.ServerDisconnectedError as exc:
+            # most often a keep-alive connection the upstream had just closed: not a sign the replica is down
+            replica.failures += 1
+            raise _BeforeFirstByte(f"{replica.url}: {exc.__class__.__name__}", stale=True) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             replica.healthy = False
             replica.failures += 1
             raise _BeforeFirstByte(f"{replica.url}: {exc.__class__.__name__}: {exc}") from None
-        if response.status_code >= 500:
-            await response.aread()
-            await response.aclose()
+        if response.status >= 500:
+            await response.read()
+            response.release()
             replica.failures += 1
-            if response.status_code in (502, 503, 504):
+            if response.status in (502, 503, 504):
                 replica.healthy = False
-            raise _BeforeFirstByte(f"{replica.url}: status {response.status_code}")
+            raise _BeforeFirstByte(f"{replica.url}: status {response.status}")
         return response
 
-    async def _open(self, path: str, body: bytes) -> tuple[Replica, httpx.Response]:
+    async def _open(self, path: str, body: bytes) -> tuple[Replica, aiohttp.ClientResponse]:
         errors = []
-        for replica in self._order():
+        tried_again: set[int] = set()
+        order = self._order()
+        while order:
+            replica = order.pop(0)
             replica.outstanding += 1
             try:
                 response = await self._send(replica, path, body)
             except _BeforeFirstByte as exc:
                 replica.outstanding -= 1
                 errors.append(str(exc))
+                if exc.stale and replica.index not in tried_again:
+                    tried_again.add(replica.index)
+                    order.insert(0, replica)  # once more on a fresh connection
                 continue
-            if response.status_code >= 400:
-                data = await response.aread()
-                await response.aclose()
+            if response.status >= 400:
+                data = await response.read()
+                response.release()
                 replica.outstanding -= 1
-                raise _error_from(response.status_code, data)
+                raise _error_from(response.status, data)
             return replica, response
         raise EngineError(f"no upstream replica of {self.config.id!r} could take the request: {'; '.join(errors)}")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         path = "/chat/completions" if request.kind == "chat" else "/completions"
         replica, response = await self._open(path, self._body(request))
+        finished = False
         try:
             if not request.stream:
-                yield self._whole(request, await response.aread())
-                return
-            async for delta in self._relay(request, response):
-                yield delta
-        except httpx.HTTPError as exc:
+                yield self._whole(request, await response.read())
+            else:
+                async for delta in self._relay(request, response):
+                    yield delta
+            finished = True
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise EngineError(f"upstream {replica.url} failed mid-answer: {exc.__class__.__name__}") from None
         finally:
             replica.outstanding -= 1
-            await response.aclose()
+            if finished:
+                response.release()  # the connection goes back to the pool
+            else:
+                response.close()  # abandoned mid-answer: closing the connection tells the upstream to stop
 
     def _whole(self, request: GenerationRequest, data: bytes) -> Delta:
         try:
@@ -237,13 +258,13 @@ class UpstreamEngine(Engine):
             prompt_tokens=usage.get("prompt_tokens"), completion_tokens=completion,
         )
 
-    async def _relay(self, request: GenerationRequest, response: httpx.Response) -> AsyncIterator[Delta]:
+    async def _relay(self, request: GenerationRequest, response: aiohttp.ClientResponse) -> AsyncIterator[Delta]:
         chat = request.kind == "chat"
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+        async for line in response.content:
+            if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            if data == "[DONE]":
+            if data == b"[DONE]":
                 break
             try:
                 chunk = orjson.loads(data)
@@ -273,12 +294,12 @@ class UpstreamEngine(Engine):
         body = orjson.dumps({"model": self._model_name, "input": inputs})
         replica, response = await self._open("/embeddings", body)
         try:
-            data = orjson.loads(await response.aread())
+            data = orjson.loads(await response.read())
             vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d.get("index", 0))]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise EngineError("upstream sent an answer that is not an OpenAI embedding list") from None
         finally:
             replica.outstanding -= 1
-            await response.aclose()
+            response.release()
         tokens = (data.get("usage") or {}).get("prompt_tokens") or sum(estimate_tokens(t) for t in inputs)
         return Embeddings(vectors=vectors, prompt_tokens=tokens)

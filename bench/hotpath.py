@@ -39,7 +39,7 @@ def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.P
         str(rate),
         "--format",
         "raw",
-        "--subprocesses",
+        "--threads",
         "--output",
         str(out),
     ]

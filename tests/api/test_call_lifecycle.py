@@ -41,9 +41,9 @@ def wait_events(server, org_id: str, n: int, timeout: float = 10.0) -> list[dict
     raise AssertionError(f"expected {n} usage events for {org_id}, found {events(server, org_id)}")
 
 
-def raw_stream(server, key: str, max_tokens: int) -> socket.socket:
-    """Open a streaming chat request on a bare socket, so the test decides exactly when the client vanishes."""
-    body = json.dumps({"model": DEFAULT_MODEL, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+def raw_stream(server, key: str, max_tokens: int, stream: bool = True) -> socket.socket:
+    """Open a chat request on a bare socket, so the test decides exactly when the client vanishes."""
+    body = json.dumps({"model": DEFAULT_MODEL, "stream": stream, "max_tokens": max_tokens, "temperature": 0,
                        "messages": [{"role": "user", "content": "Write a very long story about the sea."}]}).encode()
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
@@ -69,6 +69,17 @@ def test_client_leaving_mid_stream_is_metered_for_what_it_received(server):
     r = httpx.post(f"{server.v1}/chat/completions", timeout=60, headers={"authorization": f"Bearer {other['key']}"},
                    json={"model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200 and time.perf_counter() - t0 < 3.0
+
+
+def test_client_leaving_before_a_whole_answer_stops_the_generation(server):
+    org = server.new_org("Hasty Ministry", sector="public_administration")
+    sock = raw_stream(server, org["key"], max_tokens=1500, stream=False)
+    time.sleep(1.0)
+    sock.close()
+    (event,) = wait_events(server, org["org"]["id"], 1)
+    assert event["status"] == "cancelled"
+    assert 0 < event["completion_tokens"] < 1500, event
+    assert event["duration_ms"] < 5000
 
 
 def test_client_leaving_while_queued_leaves_the_queue(server):

@@ -8,6 +8,7 @@ its client — ``_finish`` releases its turn and its reservation and records exa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +36,10 @@ from aiplus.tenancy.auth import Principal
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 DONE = b"data: [DONE]\n\n"
+# Request ids: unique across processes and restarts (a random per-process part), without a syscall per request.
+_PROCESS_ID = os.urandom(7).hex()
+_SEQUENCE = itertools.count(1)
+_ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-"}
 DEFAULT_RESERVED_COMPLETION = 1024  # reserved when a request names no max_tokens and the context is unknown
 
 
@@ -86,6 +91,33 @@ async def _disconnected(receive: Receive) -> None:
 
 class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
+
+
+async def inline_until_disconnect(awaitable: Any, receive: Receive) -> Any:
+    """Like ``until_disconnect`` but runs ``awaitable`` in the calling task, with one watcher task that cancels
+    the caller when the client goes: half the task switches, for the generation of every non-streamed answer.
+
+    Only for awaitables that clean up after themselves when cancelled (``Call._whole`` does).
+    """
+    task = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if gone:
+            task.uncancel()
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 async def until_disconnect(awaitable: Any, receive: Receive) -> Any:
@@ -181,8 +213,7 @@ class Call:
         self.principal = principal
         self.model = model
         self.endpoint = endpoint
-        prefix = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-"}[endpoint]
-        self.request_id = prefix + os.urandom(12).hex()
+        self.request_id = f"{_ID_PREFIXES[endpoint]}{_PROCESS_ID}{next(_SEQUENCE):010x}"
         self.started = time.perf_counter()
         self.started_at = datetime.now(UTC)
         self.first_token: float | None = None
@@ -256,7 +287,9 @@ class Call:
         runtime = self.runtime
         total = self.prompt_tokens + self.completion_tokens if status != "rejected" else 0
         if self.reservation is not None:
-            runtime.services.background(runtime.limiter.settle(self.reservation, total))
+            pending = runtime.limiter.settle_nowait(self.reservation, total)
+            if pending is not None:
+                runtime.services.background(pending)
         model_id = self.model.config.id
         tier = self.principal.tier
         cost = runtime.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens) if total else 0
@@ -304,7 +337,7 @@ class Call:
         if stream:
             return EventStream(self._stream(gen, include_usage, echo), {**self.headers, **SSE_HEADERS})
         try:
-            body = await until_disconnect(self._whole(gen, echo), self.request.receive)
+            body = await inline_until_disconnect(self._whole(gen, echo), self.request.receive)
         except ClientGone:
             self._finish("cancelled")
             raise

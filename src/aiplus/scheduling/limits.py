@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -66,8 +67,17 @@ class _Outcome:
     tok_level: float = 0.0
 
 
+_month_cache: tuple[float, str] = (0.0, "")
+
+
 def _month(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m")
+    global _month_cache
+    if now is not None:
+        return now.strftime("%Y-%m")
+    t = time.time()
+    if t - _month_cache[0] >= 1.0:  # re-read the calendar once a second, not once a request
+        _month_cache = (t, datetime.now(UTC).strftime("%Y-%m"))
+    return _month_cache[1]
 
 
 def _month_bounds(month: str) -> tuple[date, date]:
@@ -210,6 +220,9 @@ class MemoryBackend(_Backend):
         return _Outcome(OK, 0, req - 1, tok - tokens)
 
     async def settle(self, res: Reservation, actual: int) -> None:
+        self.settle_now(res, actual)
+
+    def settle_now(self, res: Reservation, actual: int) -> None:
         state = self._orgs.get(res.org_id)
         if state is None:
             return
@@ -394,7 +407,7 @@ class Limiter:
     async def reserve(self, principal, tokens: int) -> Reservation:
         """Admit one request that may use ``tokens`` (prompt + max_tokens), or raise RateLimited."""
         tier = self.tier(principal.tier)
-        org, month, res_id = principal.org_id, _month(), uuid.uuid4().hex
+        org, month, res_id = principal.org_id, _month(), os.urandom(12).hex()
         tokens = max(0, int(tokens))
         backend = self._backend
         if self._fallback is not None and time.monotonic() < self._shared_down_until:
@@ -427,6 +440,16 @@ class Limiter:
             await backend.seed(org, month, await self._month_usage(org, month))
             outcome = await backend.reserve(org, tier, tokens, res_id, month)
         return outcome
+
+    def settle_nowait(self, reservation: Reservation, actual_tokens: int) -> Coroutine | None:
+        """Settle at once when the state lives in this process; otherwise the coroutine to run off the request
+        path (shared state is a round trip away)."""
+        if isinstance(reservation.backend, MemoryBackend):
+            if not reservation.settled:
+                reservation.settled = True
+                reservation.backend.settle_now(reservation, max(0, int(actual_tokens)))
+            return None
+        return self.settle(reservation, actual_tokens)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Charge the real usage, refund the rest of the reservation, free the concurrency slot. Idempotent."""

@@ -73,8 +73,12 @@ async def _build_models(settings: Settings) -> dict[str, ModelRuntime]:
     for config in settings.models:
         engine = create_engine(config)
         await engine.start()
+        capacity = engine.capacity
+        if engine.remote and settings.workers > 1:
+            # workers share the replicas: each schedules its part of their budget
+            capacity = max(1, -(-capacity // settings.workers))
         dispatcher = Dispatcher(
-            config.id, engine.capacity, policy=sched.policy, w_in=sched.w_in, w_out=sched.w_out,
+            config.id, capacity, policy=sched.policy, w_in=sched.w_in, w_out=sched.w_out,
             queue_timeout_s=sched.queue_timeout_s,
             max_inflight_tokens=config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None,
         )

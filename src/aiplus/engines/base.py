@@ -92,6 +92,7 @@ class Engine(abc.ABC):
     """Serves one model. Engines generate; they know nothing of orgs, limits or money."""
 
     kind: ClassVar[str]
+    remote: ClassVar[bool] = False  # True: replicas are servers that every aiplus worker shares
 
     def __init__(self, config: ModelConfig):
         self.config = config

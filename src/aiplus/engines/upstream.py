@@ -70,6 +70,7 @@ def _error_from(status: int, body: bytes) -> UpstreamError:
 
 class UpstreamEngine(Engine):
     kind = "openai"
+    remote = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)

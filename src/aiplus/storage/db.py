@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,9 +42,38 @@ def alembic_config(engine: sa.Engine) -> Config:
     return cfg
 
 
+MIGRATION_LOCK_ID = 7_243_001  # any constant: PostgreSQL advisory locks are keyed by a number
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: sa.Engine) -> Iterator[None]:
+    """One migrator at a time: several workers or machines starting together must not race to create tables."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+                conn.commit()
+        return
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the schema to the newest revision (idempotent, and safe when several processes start at once)."""
+    with _migration_lock(engine):
+        command.upgrade(alembic_config(engine), "head")
 
 
 @contextlib.contextmanager

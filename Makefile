@@ -32,7 +32,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/fairness.py
 	$(BIN)/python bench/adoption.py
-	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/overhead.py --rss-check
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench

@@ -40,18 +40,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve)
 
 
+def _open_db(args: argparse.Namespace):
+    """Settings from ``--config`` and the database they name, migrated: what every admin command starts with."""
+    from aiplus.storage.db import create_engine, migrate
+
+    settings = load_settings(args.config)
+    engine = create_engine(settings.db_url)
+    migrate(engine)
+    return settings, engine
+
+
 # Each room adds its own commands below; keep each block in its own function.
 def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     """orgs, keys, usage (issue 3): the same service functions the admin API calls, printed as tables."""
     from datetime import UTC, datetime
 
-    def open_db(args):
-        from aiplus.storage.db import create_engine, migrate
-
-        settings = load_settings(args.config)
-        engine = create_engine(settings.db_url)
-        migrate(engine)
-        return settings, engine
 
     def table(title: str, columns: list[str], rows: list[list]) -> None:
         from rich.console import Console
@@ -89,7 +92,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     def orgs_add(args):
         from aiplus.tenancy.orgs import create_org
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         with engine.begin() as conn:
             org = create_org(
                 conn,
@@ -108,7 +111,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     def orgs_list(args):
         from aiplus.tenancy.orgs import list_orgs
 
-        _settings, engine = open_db(args)
+        _settings, engine = _open_db(args)
         with engine.connect() as conn:
             found = list_orgs(conn, sector=args.sector, tier=args.tier)
         rows = [
@@ -134,7 +137,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
         from aiplus.tenancy.keys import list_keys
         from aiplus.tenancy.orgs import require_org
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         with engine.connect() as conn:
             org = require_org(conn, args.id)
             keys = list_keys(conn, args.id)
@@ -154,7 +157,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     def orgs_update(args):
         from aiplus.tenancy.orgs import update_org
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         with engine.begin() as conn:
             org = update_org(
                 conn,
@@ -188,7 +191,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
         from aiplus.tenancy.keys import create_key
         from aiplus.tenancy.secrets import server_secret
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         expires = datetime.fromisoformat(args.expires) if args.expires else None
         if expires is not None and expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
@@ -205,7 +208,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
         from aiplus.tenancy.keys import list_keys
         from aiplus.tenancy.orgs import require_org
 
-        _settings, engine = open_db(args)
+        _settings, engine = _open_db(args)
         with engine.connect() as conn:
             if args.org:
                 require_org(conn, args.org)
@@ -216,7 +219,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     def keys_revoke(args):
         from aiplus.tenancy.keys import revoke_key
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         with engine.begin() as conn:
             key, _digest = revoke_key(conn, args.key_id)
         if settings.redis_url:  # servers sharing Redis reject the key on their next request
@@ -239,7 +242,7 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     def usage(args):
         from aiplus.metering.usage import parse_day, query_usage, totals
 
-        _settings, engine = open_db(args)
+        _settings, engine = _open_db(args)
         try:
             start, end = parse_day(args.since, "--since"), parse_day(args.until, "--until")
         except ValueError as exc:
@@ -347,13 +350,6 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
 def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
     """registry, adoption, demo (issue 5): thin shells over aiplus.adoption (the admin API uses the same report)."""
 
-    def open_db(args):
-        from aiplus.storage.db import create_engine, migrate
-
-        settings = load_settings(args.config)
-        engine = create_engine(settings.db_url)
-        migrate(engine)
-        return settings, engine
 
     def rejected(fn):
         """Run a command; a rejected CSV or a bad argument prints its reasons and exits 1."""
@@ -379,7 +375,7 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
     def registry_import(args):
         from aiplus.adoption.register import import_register, registered_tenants
 
-        _settings, engine = open_db(args)
+        _settings, engine = _open_db(args)
         with engine.begin() as conn:
             result = import_register(conn, args.file)
             matched = registered_tenants(conn)
@@ -390,7 +386,7 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
     def registry_observations(args):
         from aiplus.adoption.register import import_observations
 
-        _settings, engine = open_db(args)
+        _settings, engine = _open_db(args)
         with engine.begin() as conn:
             result = import_observations(conn, args.file)
         print(f"observations: {result.rows} row(s) read, {result.inserted} added, {result.updated} replaced")
@@ -400,7 +396,7 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
 
         from aiplus.adoption.report import build_report
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         as_of = date.fromisoformat(args.as_of) if args.as_of else None
         with engine.connect() as conn:
             report = build_report(conn, settings.adoption, by=args.by, as_of=as_of, fit_on=args.fit_on)
@@ -441,7 +437,7 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
         from aiplus.adoption.penetration import Definition
         from aiplus.adoption.report import refresh_snapshots
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         with engine.connect() as conn:
             if not snapshots.available(conn):
                 print("window-sum tables not present: every report measures all months live from the rollups")
@@ -455,7 +451,7 @@ def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
 
         from aiplus.adoption.demo import seed_demo
 
-        settings, engine = open_db(args)
+        settings, engine = _open_db(args)
         started = time.perf_counter()
         done = seed_demo(engine, settings, orgs=args.orgs, months=args.months, seed=args.seed)
         print(

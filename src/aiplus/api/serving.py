@@ -336,8 +336,13 @@ class Call:
         await self._admit(gen)
         if stream:
             return EventStream(self._stream(gen, include_usage, echo), {**self.headers, **SSE_HEADERS})
+        body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
+        return json_response(body, headers=self.headers)
+
+    async def _settled(self, awaitable: Any) -> Any:
+        """Await the answer and finish the call by how it ended: ok, cancelled (client gone) or error."""
         try:
-            body = await inline_until_disconnect(self._whole(gen, echo), self.request.receive)
+            result = await awaitable
         except ClientGone:
             self._finish("cancelled")
             raise
@@ -348,7 +353,7 @@ class Call:
             self._finish("error")
             raise
         self._finish("ok")
-        return json_response(body, headers=self.headers)
+        return result
 
     async def _whole(self, gen: GenerationRequest, echo: bool) -> dict[str, Any]:
         text: list[str] = []
@@ -456,23 +461,16 @@ class Call:
 
     # embeddings --------------------------------------------------------------------------------------------
 
+    async def _embeddings(self, inputs: list[str]) -> Any:
+        result = await until_disconnect(self.model.engine.embed(inputs, self.request_id), self.request.receive)
+        self.prompt_tokens = result.prompt_tokens
+        return result
+
     async def embed(self, inputs: list[str], encoding_format: str) -> Response:
         gen = GenerationRequest(request_id=self.request_id, model=self.model.config.id, kind="completion",
                                 prompt=" ".join(inputs), max_tokens=1)
         await self._admit(gen)
-        try:
-            result = await until_disconnect(self.model.engine.embed(inputs, self.request_id), self.request.receive)
-        except ClientGone:
-            self._finish("cancelled")
-            raise
-        except EngineError as exc:
-            self._finish("error")
-            raise _api_error(exc) from None
-        except BaseException:
-            self._finish("error")
-            raise
-        self.prompt_tokens = result.prompt_tokens
-        self._finish("ok")
+        result = await self._settled(self._embeddings(inputs))
         data = []
         for i, vector in enumerate(result.vectors):
             if encoding_format == "base64":

@@ -29,6 +29,7 @@ def run(settings: Settings) -> int:
         "http": "httptools",
         "log_level": settings.log_level,
         "access_log": False,
+        "proxy_headers": False,  # aiplus never reads the client address; skip the per-request middleware
         "timeout_graceful_shutdown": 30,
     }
     if settings.workers > 1:

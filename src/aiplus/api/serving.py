@@ -392,42 +392,50 @@ class Call:
         splitter = ThinkSplitter() if chat and self.model.config.reasoning else None
         rid = self.request_id
         status = "error"
-        generator = self.model.engine.generate(gen)
+        generator = self.model.engine.generate_batches(gen)
         try:
             if chat:
                 yield sse(protocol.chat_chunk(rid, created, model_id, {"role": "assistant", "content": ""}, None))
             elif echo and gen.prompt:
                 yield sse(protocol.text_completion(rid, model_id, gen.prompt, None, created))
             finish = None
-            async for delta in generator:
-                self._account(delta)
-                finish = delta.finish_reason or finish
-                if not chat:
-                    if delta.text or delta.finish_reason:
-                        yield sse(protocol.text_completion(rid, model_id, delta.text, delta.finish_reason, created))
-                    continue
-                for piece in self._chat_pieces(delta, splitter):
-                    yield sse(protocol.chat_chunk(rid, created, model_id, piece, None))
-                if delta.finish_reason:
-                    if splitter is not None:
-                        for piece in self._flush(splitter):
-                            yield sse(protocol.chat_chunk(rid, created, model_id, piece, None))
-                    reason = "tool_calls" if self.used_tools and delta.finish_reason == "stop" else delta.finish_reason
-                    yield sse(protocol.chat_chunk(rid, created, model_id, {}, reason))
+            async for batch in generator:
+                out: list[bytes] = []  # what arrived together leaves in one write
+                for delta in batch:
+                    self._account(delta)
+                    finish = delta.finish_reason or finish
+                    if not chat:
+                        if delta.text or delta.finish_reason:
+                            out.append(sse(protocol.text_completion(rid, model_id, delta.text, delta.finish_reason,
+                                                                    created)))
+                        continue
+                    for piece in self._chat_pieces(delta, splitter):
+                        out.append(sse(protocol.chat_chunk(rid, created, model_id, piece, None)))
+                    if delta.finish_reason:
+                        if splitter is not None:
+                            for piece in self._flush(splitter):
+                                out.append(sse(protocol.chat_chunk(rid, created, model_id, piece, None)))
+                        reason = "tool_calls" if self.used_tools and delta.finish_reason == "stop" else delta.finish_reason
+                        out.append(sse(protocol.chat_chunk(rid, created, model_id, {}, reason)))
+                if out:
+                    yield b"".join(out)
+            tail: list[bytes] = []
             if finish is None:  # the engine ended without saying why: close the choice properly
                 if splitter is not None:
                     for piece in self._flush(splitter):
-                        yield sse(protocol.chat_chunk(rid, created, model_id, piece, None))
-                yield sse(
+                        tail.append(sse(protocol.chat_chunk(rid, created, model_id, piece, None)))
+                tail.append(sse(
                     protocol.chat_chunk(rid, created, model_id, {}, "stop")
                     if chat
                     else protocol.text_completion(rid, model_id, "", "stop", created)
-                )
+                ))
             if include_usage:
                 obj = "chat.completion.chunk" if chat else "text_completion"
-                yield sse(protocol.usage_chunk(rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens))
-            yield DONE
-            status = "ok"
+                tail.append(sse(protocol.usage_chunk(rid, created, model_id, obj, self.prompt_tokens,
+                                                     self.completion_tokens)))
+            tail.append(DONE)
+            status = "ok"  # before the last write: a client that leaves now has had its whole answer
+            yield b"".join(tail)
         except EngineError as exc:
             yield sse(_error_body(exc))
             yield DONE

@@ -134,6 +134,16 @@ class Engine(abc.ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the answer. Closing the iterator early (``aclose``) must stop the engine's work for it."""
 
+    async def generate_batches(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]:
+        """``generate`` in lists: an engine that receives several deltas at once (an upstream's network read)
+        overrides this so that they reach the client in one write."""
+        deltas = self.generate(request)
+        try:
+            async for delta in deltas:
+                yield [delta]
+        finally:
+            await deltas.aclose()
+
     async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
         raise UnsupportedError(f"model {self.config.id!r} does not serve embeddings", param="model")
 

@@ -51,7 +51,12 @@ class _BeforeFirstByte(Exception):
 
 
 def _error_from(status: int, body: bytes) -> UpstreamError:
-    message, type_, code, param = body.decode(errors="replace")[:500] or f"upstream answered {status}", None, None, None
+    message, type_, code, param = (
+        body.decode(errors="replace")[:500] or f"upstream answered {status}",
+        None,
+        None,
+        None,
+    )
     try:
         err = orjson.loads(body).get("error")
         if isinstance(err, dict):
@@ -63,9 +68,15 @@ def _error_from(status: int, body: bytes) -> UpstreamError:
         pass
     if 400 <= status < 500 and status not in (401, 403, 429):
         # the client's request was bad: say so with the upstream's words and status
-        return UpstreamError(message, status=status, type=type_ or "invalid_request_error", code=code, param=param)
-    return UpstreamError(f"upstream error ({status}): {message}", status=502 if status < 500 else 503,
-                         type="upstream_error", code=code or "upstream_error")
+        return UpstreamError(
+            message, status=status, type=type_ or "invalid_request_error", code=code, param=param
+        )
+    return UpstreamError(
+        f"upstream error ({status}): {message}",
+        status=502 if status < 500 else 503,
+        type="upstream_error",
+        code=code or "upstream_error",
+    )
 
 
 class UpstreamEngine(Engine):
@@ -98,7 +109,9 @@ class UpstreamEngine(Engine):
         self._session = aiohttp.ClientSession(
             headers=self._headers,
             connector=aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self.config.request_timeout_s),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=5.0, sock_read=self.config.request_timeout_s
+            ),
             auto_decompress=True,
         )
         await self._check_all()
@@ -112,7 +125,9 @@ class UpstreamEngine(Engine):
 
     async def _check(self, replica: Replica) -> None:
         try:
-            async with self._session.get(f"{replica.url}/models", timeout=aiohttp.ClientTimeout(total=3.0)) as r:
+            async with self._session.get(
+                f"{replica.url}/models", timeout=aiohttp.ClientTimeout(total=3.0)
+            ) as r:
                 replica.healthy = r.status < 500
         except (TimeoutError, aiohttp.ClientError):
             replica.healthy = False
@@ -216,18 +231,20 @@ class UpstreamEngine(Engine):
                 replica.outstanding -= 1
                 raise _error_from(response.status, data)
             return replica, response
-        raise EngineError(f"no upstream replica of {self.config.id!r} could take the request: {'; '.join(errors)}")
+        raise EngineError(
+            f"no upstream replica of {self.config.id!r} could take the request: {'; '.join(errors)}"
+        )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate_batches(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]:
         path = "/chat/completions" if request.kind == "chat" else "/completions"
         replica, response = await self._open(path, self._body(request))
         finished = False
         try:
             if not request.stream:
-                yield self._whole(request, await response.read())
+                yield [self._whole(request, await response.read())]
             else:
-                async for delta in self._relay(request, response):
-                    yield delta
+                async for batch in self._relay(request, response):
+                    yield batch
             finished = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise EngineError(f"upstream {replica.url} failed mid-answer: {exc.__class__.__name__}") from None
@@ -237,6 +254,15 @@ class UpstreamEngine(Engine):
                 response.release()  # the connection goes back to the pool
             else:
                 response.close()  # abandoned mid-answer: closing the connection tells the upstream to stop
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        batches = self.generate_batches(request)
+        try:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+        finally:
+            await batches.aclose()
 
     def _whole(self, request: GenerationRequest, data: bytes) -> Delta:
         try:
@@ -254,42 +280,72 @@ class UpstreamEngine(Engine):
             text, reasoning, tool_calls = choice.get("text") or "", "", None
         completion = usage.get("completion_tokens")
         return Delta(
-            text=text, reasoning=reasoning, tool_calls=tool_calls, finish_reason=choice.get("finish_reason") or "stop",
+            text=text,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            finish_reason=choice.get("finish_reason") or "stop",
             tokens=completion if completion is not None else estimate_tokens(text + reasoning),
-            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=completion,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=completion,
         )
 
-    async def _relay(self, request: GenerationRequest, response: aiohttp.ClientResponse) -> AsyncIterator[Delta]:
+    async def _relay(
+        self, request: GenerationRequest, response: aiohttp.ClientResponse
+    ) -> AsyncIterator[list[Delta]]:
+        """The upstream's SSE events as deltas, one list per network read: what arrived together leaves together."""
         chat = request.kind == "chat"
-        async for line in response.content:
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                break
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            usage = chunk.get("usage")
-            choices = chunk.get("choices") or ()
-            if choices:
-                choice = choices[0]
-                if chat:
-                    d = choice.get("delta") or {}
-                    text = d.get("content") or ""
-                    reasoning = d.get("reasoning_content") or d.get("reasoning") or ""
-                    tool_calls = d.get("tool_calls")
-                else:
-                    text, reasoning, tool_calls = choice.get("text") or "", "", None
-                finish = choice.get("finish_reason")
-                if text or reasoning or tool_calls or finish:
-                    yield Delta(
-                        text=text, reasoning=reasoning, tool_calls=tool_calls, finish_reason=finish,
+        pending = b""
+        async for data in response.content.iter_any():
+            *lines, pending = (pending + data).split(b"\n")
+            batch: list[Delta] = []
+            done = False
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                self._event(payload, chat, batch)
+            if batch:
+                yield batch
+            if done:
+                return
+
+    @staticmethod
+    def _event(payload: bytes, chat: bool, batch: list[Delta]) -> None:
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        choices = chunk.get("choices") or ()
+        if choices:
+            choice = choices[0]
+            if chat:
+                d = choice.get("delta") or {}
+                text = d.get("content") or ""
+                reasoning = d.get("reasoning_content") or d.get("reasoning") or ""
+                tool_calls = d.get("tool_calls")
+            else:
+                text, reasoning, tool_calls = choice.get("text") or "", "", None
+            finish = choice.get("finish_reason")
+            if text or reasoning or tool_calls or finish:
+                batch.append(
+                    Delta(
+                        text=text,
+                        reasoning=reasoning,
+                        tool_calls=tool_calls,
+                        finish_reason=finish,
                         tokens=1 if (text or reasoning or tool_calls) else 0,
                     )
-            if usage:
-                yield Delta(prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+                )
+        usage = chunk.get("usage")
+        if usage:
+            batch.append(
+                Delta(
+                    prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens")
+                )
+            )
 
     async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
         body = orjson.dumps({"model": self._model_name, "input": inputs})

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -137,7 +138,7 @@ def create_app(settings: Settings) -> Gateway:
             await asyncio.gather(*(m.engine.close() for m in models.values()), return_exceptions=True)
             await stop_services(services)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI whose /docs page ships its own assets: no CDN on an offline machine
         title="aiplus",
         summary="Open-weight AI as a public utility: OpenAI-compatible API, metering, fair sharing, adoption.",
         version="0.1.0",

@@ -166,3 +166,14 @@ def test_rate_limited_org_gets_429_with_retry_after(server):
     assert limited.headers["x-ratelimit-remaining-requests"] == "0"
     rows = wait_events(server, org["org"]["id"], 3)
     assert sorted(e["status"] for e in rows) == ["ok", "ok", "rejected"]
+
+
+def test_openapi_docs_work_offline(server):
+    page = httpx.get(f"{server.url}/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "cdn." not in page.text  # this machine has no internet; neither do many utility sites
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/static-offline-docs/{asset}" in page.text
+        assert httpx.get(f"{server.url}/static-offline-docs/{asset}").status_code == 200
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/admin/orgs" in spec["paths"] and "/admin/adoption" in spec["paths"]

@@ -45,6 +45,7 @@ class ModelConfig:
     max_concurrency: int = 1  # in-flight requests per replica
     max_inflight_tokens: int | None = None  # optional cap on prompt+max_tokens in flight per replica
     context_length: int | None = None
+    default_max_tokens: int | None = None  # for requests that name none (embedded engines: 1024 when unset)
     reasoning: str | None = None
     embeddings: bool = True
     n_threads: int | None = None

@@ -17,7 +17,7 @@ from tests.conftest import ADMIN_TOKEN, DEFAULT_MODEL, start_server
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lifecycle")
     s = start_server(tmp, f'[tiers.tiny]\nrequests_per_minute = 2\n[[models]]\nid = "{DEFAULT_MODEL}"\n'
-                          "max_concurrency = 1\n")
+                          'max_concurrency = 1\n[[models]]\nid = "short-context"\ncontext_length = 2048\n')
     yield s
     s.stop()
 
@@ -177,3 +177,17 @@ def test_openapi_docs_work_offline(server):
         assert httpx.get(f"{server.url}/static-offline-docs/{asset}").status_code == 200
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert "/admin/orgs" in spec["paths"] and "/admin/adoption" in spec["paths"]
+
+
+def test_no_max_tokens_on_a_long_prompt_still_fits_the_context(server):
+    """The embedded default limit (1,024) shrinks to what the context has left instead of failing the request."""
+    org = server.new_org("Long Reader")
+    long = "hello world " * 800  # about 1,600 tokens: 1,024 more would not fit in 2,048
+    r = httpx.post(f"{server.v1}/chat/completions", headers={"authorization": f"Bearer {org['key']}"}, timeout=120,
+                   json={"model": "short-context", "messages": [{"role": "user", "content": long}], "temperature": 0,
+                         "stop": [" ", ".", "\n"]})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] > 1500 and usage["prompt_tokens"] + usage["completion_tokens"] <= 2048
+    # and the reservation was what the context had left, not 1,024 more than it holds
+    assert int(r.headers["x-ratelimit-limit-tokens"]) - int(r.headers["x-ratelimit-remaining-tokens"]) <= 2048

@@ -224,3 +224,4 @@ def test_truncated_body_does_not_hang_the_server(embedded_server, raw):
 def test_healthz(embedded_server):
     r = httpx.get(f"{embedded_server.url}/healthz")
     assert r.status_code == 200 and r.json()["models"] == {DEFAULT_MODEL: "ok"}
+

@@ -239,6 +239,9 @@ class Call:
             self.prompt_tokens = await engine.count_prompt_tokens(gen)
         except EngineError as exc:
             raise _api_error(exc) from None
+        if gen.max_tokens is None and engine.default_max_tokens:  # a default never makes a fitting prompt fail
+            room = (engine.context_length or 0) - self.prompt_tokens
+            gen.max_tokens = min(engine.default_max_tokens, room) if room > 0 else engine.default_max_tokens
         completion_budget = gen.max_tokens or (
             max((engine.context_length or 0) - self.prompt_tokens, 1)
             if engine.context_length

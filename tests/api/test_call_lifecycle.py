@@ -94,6 +94,7 @@ def test_client_leaving_while_queued_leaves_the_queue(server):
     queued.close()
     (event,) = wait_events(server, waiting["org"]["id"], 1)
     assert event["status"] == "cancelled" and event["completion_tokens"] == 0
+    assert event["prompt_tokens"] == 0 and event["cost_micros"] == 0  # it never ran: nothing to bill
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'aiplus_queue_length{model="smollm2-135m-instruct",tier="standard"} 0.0' in metrics
     hog.close()

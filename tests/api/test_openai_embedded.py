@@ -181,6 +181,15 @@ def test_malformed_json(raw):
     _error(raw.post("/v1/chat/completions", content=b""), 400)
 
 
+def test_forced_tool_call_on_the_embedded_model_is_400_streaming_or_not(raw):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for stream in (False, True):
+        err = _error(raw.post("/v1/chat/completions", json={
+            "model": DEFAULT_MODEL, "stream": stream, "tools": tools, "tool_choice": "required",
+            "messages": [{"role": "user", "content": "x"}]}), 400)
+        assert err["param"] == "tool_choice"
+
+
 def test_unknown_model_is_404(raw):
     err = _error(raw.post("/v1/chat/completions", json={"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}), 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"

@@ -193,6 +193,11 @@ def test_no_live_replica_is_a_503(tmp_path):
                        json={"model": "gone", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "engine_unavailable"
+        # a stream that cannot start gets the same answer, not a 200 with an error inside
+        r = httpx.post(f"{server.v1}/chat/completions", headers={"authorization": f"Bearer {org['key']}"},
+                       json={"model": "gone", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                       timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
         assert httpx.get(f"{server.url}/healthz").json()["models"] == {"gone": "unavailable"}
     finally:
         server.stop()

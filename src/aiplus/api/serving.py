@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
 from aiplus.scheduling.limits import RateLimited
 from aiplus.tenancy.auth import Principal
 
+log = logging.getLogger("aiplus")
 JSON = "application/json"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 DONE = b"data: [DONE]\n\n"
@@ -141,6 +143,14 @@ async def until_disconnect(awaitable: Any, receive: Receive) -> Any:
     raise ClientGone
 
 
+async def _chain(first: list[Delta] | None, rest: AsyncIterator[list[Delta]]) -> AsyncIterator[list[Delta]]:
+    if first is None:
+        return
+    yield first
+    async for batch in rest:
+        yield batch
+
+
 class EventStream(Response):
     """Server-sent events that stop the generator as soon as the client disconnects.
 
@@ -149,8 +159,9 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]):
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str], abandon: Any):
         self.events = events
+        self.abandon = abandon  # awaited if the events never start: frees what the call holds
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -168,13 +179,14 @@ class EventStream(Response):
             pass
 
     async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            await self.events.aclose()
+            await self.events.aclose()  # runs the stream's own cleanup, if it started
+            await self.abandon  # idempotent: releases and meters a stream that never started
 
 
 def _error_body(exc: EngineError) -> dict[str, Any]:
@@ -233,24 +245,38 @@ class Call:
     # admission ---------------------------------------------------------------------------------------------
 
     async def _admit(self, gen: GenerationRequest) -> None:
-        """Count the prompt, reserve limits, then wait for a fair turn on the model."""
+        """Count the prompt, reserve limits, then wait for a fair turn; any refusal is metered and answered."""
+        try:
+            await self._admission(gen)
+        except APIError:
+            self._finish("rejected")
+            raise
+        except ClientGone:
+            self._finish("cancelled")
+            raise
+        except BaseException as exc:
+            self._finish("error")
+            if isinstance(exc, Exception):  # e.g. the database behind the month's quota is down
+                log.exception("admission failed", exc_info=exc)
+                raise APIError(503, "The service could not admit the request just now; retry shortly.",
+                               code="service_unavailable") from None
+            raise
+
+    async def _admission(self, gen: GenerationRequest) -> None:
         engine = self.model.engine
         try:
             self.prompt_tokens = await engine.count_prompt_tokens(gen)
         except EngineError as exc:
             raise _api_error(exc) from None
+        room = (engine.context_length or 0) - self.prompt_tokens
         if gen.max_tokens is None and engine.default_max_tokens:  # a default never makes a fitting prompt fail
-            room = (engine.context_length or 0) - self.prompt_tokens
             gen.max_tokens = min(engine.default_max_tokens, room) if room > 0 else engine.default_max_tokens
-        completion_budget = gen.max_tokens or (
-            max((engine.context_length or 0) - self.prompt_tokens, 1)
-            if engine.context_length
-            else DEFAULT_RESERVED_COMPLETION
-        )
+        # a request with no limit at all (an upstream's own default) reserves a typical answer, not a context
+        completion_budget = gen.max_tokens or (min(room, DEFAULT_RESERVED_COMPLETION) if room > 0
+                                               else DEFAULT_RESERVED_COMPLETION)
         try:
             self.reservation = await self.runtime.limiter.reserve(self.principal, self.prompt_tokens + completion_budget)
         except RateLimited as exc:
-            self._finish("rejected")
             raise APIError(429, exc.message, type="rate_limit_error" if exc.code == "rate_limit_exceeded"
                            else "insufficient_quota", code=exc.code,
                            headers={**exc.headers, "retry-after": str(exc.retry_after)}) from None
@@ -266,19 +292,12 @@ class Call:
                 self.request.receive,
             )
         except QueueTimeout as exc:
-            self._finish("rejected")
             raise APIError(
                 429, f"The model '{self.model.config.id}' is at capacity and your request waited "
                 f"{self.runtime.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
                 type="rate_limit_error", code="queue_timeout",
                 headers={"retry-after": str(exc.retry_after)},
             ) from None
-        except ClientGone:
-            self._finish("cancelled")
-            raise
-        except BaseException:
-            self._finish("error")
-            raise
 
     def _finish(self, status: str) -> None:
         """Release the turn and the reservation; record the one usage event (idempotent per call)."""
@@ -288,7 +307,11 @@ class Call:
         if self.lease is not None:
             self.lease.release()
         runtime = self.runtime
-        total = self.prompt_tokens + self.completion_tokens if status != "rejected" else 0
+        # billed: an answer, or the part of one the client received; not a refusal, a wait, or a failed start
+        billed = status == "ok" or self.completion_tokens > 0
+        if not billed:
+            self.prompt_tokens = self.completion_tokens = 0
+        total = self.prompt_tokens + self.completion_tokens
         if self.reservation is not None:
             pending = runtime.limiter.settle_nowait(self.reservation, total)
             if pending is not None:
@@ -304,7 +327,7 @@ class Call:
                 key_id=self.principal.key_id,
                 model=model_id,
                 endpoint=self.endpoint,
-                prompt_tokens=self.prompt_tokens if status != "rejected" else 0,
+                prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
                 status=status,
                 used_tools=self.used_tools,
@@ -338,12 +361,26 @@ class Call:
     async def run(self, gen: GenerationRequest, *, stream: bool, include_usage: bool, echo: bool = False) -> Response:
         await self._admit(gen)
         if stream:
-            return EventStream(self._stream(gen, include_usage, echo), {**self.headers, **SSE_HEADERS})
+            # the first batch before the 200: a request that fails before its first token gets its real status
+            batches = self.model.engine.generate_batches(gen)
+            try:
+                first = await self._settled(inline_until_disconnect(anext(batches, None), self.request.receive),
+                                            final=False)
+            except BaseException:
+                await batches.aclose()
+                raise
+            events = self._stream(gen, batches, first, include_usage, echo)
+            return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
         body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
         return json_response(body, headers=self.headers)
 
-    async def _settled(self, awaitable: Any) -> Any:
-        """Await the answer and finish the call by how it ended: ok, cancelled (client gone) or error."""
+    async def _abandon(self, batches: AsyncIterator[list[Delta]]) -> None:
+        """For a stream that never got to run its own cleanup (the client left before the first write)."""
+        await batches.aclose()
+        self._finish("cancelled")
+
+    async def _settled(self, awaitable: Any, final: bool = True) -> Any:
+        """Await the answer and finish the call by how it ended: ok (when ``final``), cancelled or error."""
         try:
             result = await awaitable
         except ClientGone:
@@ -355,7 +392,8 @@ class Call:
         except BaseException:
             self._finish("error")
             raise
-        self._finish("ok")
+        if final:
+            self._finish("ok")
         return result
 
     async def _whole(self, gen: GenerationRequest, echo: bool) -> dict[str, Any]:
@@ -388,22 +426,25 @@ class Call:
             finish, self.prompt_tokens, self.completion_tokens,
         )
 
-    async def _stream(self, gen: GenerationRequest, include_usage: bool, echo: bool) -> AsyncIterator[bytes]:
+    async def _stream(self, gen: GenerationRequest, generator: AsyncIterator[list[Delta]], first: list[Delta] | None,
+                      include_usage: bool, echo: bool) -> AsyncIterator[bytes]:
         model_id = self.model.config.id
         created = int(time.time())
         chat = gen.kind == "chat"
         splitter = ThinkSplitter() if chat and self.model.config.reasoning else None
         rid = self.request_id
         status = "error"
-        generator = self.model.engine.generate_batches(gen)
         try:
+            head: list[bytes] = []
             if chat:
-                yield sse(protocol.chat_chunk(rid, created, model_id, {"role": "assistant", "content": ""}, None))
+                head.append(sse(protocol.chat_chunk(rid, created, model_id, {"role": "assistant", "content": ""},
+                                                    None)))
             elif echo and gen.prompt:
-                yield sse(protocol.text_completion(rid, model_id, gen.prompt, None, created))
+                head.append(sse(protocol.text_completion(rid, model_id, gen.prompt, None, created)))
             finish = None
-            async for batch in generator:
-                out: list[bytes] = []  # what arrived together leaves in one write
+            async for batch in _chain(first, generator):
+                out: list[bytes] = head  # what arrived together leaves in one write
+                head = []
                 for delta in batch:
                     self._account(delta)
                     finish = delta.finish_reason or finish
@@ -443,7 +484,8 @@ class Call:
             yield sse(_error_body(exc))
             yield DONE
         except (asyncio.CancelledError, GeneratorExit):
-            status = "cancelled"
+            if status != "ok":
+                status = "cancelled"
             raise
         finally:
             await generator.aclose()

@@ -225,10 +225,17 @@ class UpstreamEngine(Engine):
                     tried_again.add(replica.index)
                     order.insert(0, replica)  # once more on a fresh connection
                 continue
-            if response.status >= 400:
-                data = await response.read()
-                response.release()
+            except BaseException:  # cancelled (client gone) while waiting for the upstream
                 replica.outstanding -= 1
+                raise
+            if response.status >= 400:
+                replica.outstanding -= 1
+                try:
+                    data = await response.read()
+                except (TimeoutError, aiohttp.ClientError):
+                    data = b""
+                finally:
+                    response.close()
                 raise _error_from(response.status, data)
             return replica, response
         raise EngineError(
@@ -268,9 +275,11 @@ class UpstreamEngine(Engine):
         try:
             body = orjson.loads(data)
             choice = body["choices"][0]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            usage = body.get("usage") or {}
+            if not isinstance(choice, dict) or not isinstance(usage, dict):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise EngineError("upstream sent an answer that is not an OpenAI completion") from None
-        usage = body.get("usage") or {}
         if request.kind == "chat":
             message = choice.get("message") or {}
             text = message.get("content") or ""
@@ -318,8 +327,10 @@ class UpstreamEngine(Engine):
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
+        if not isinstance(chunk, dict):
+            return
         choices = chunk.get("choices") or ()
-        if choices:
+        if choices and isinstance(choices[0], dict):
             choice = choices[0]
             if chat:
                 d = choice.get("delta") or {}
@@ -353,7 +364,9 @@ class UpstreamEngine(Engine):
         try:
             data = orjson.loads(await response.read())
             vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d.get("index", 0))]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise EngineError(f"upstream failed mid-answer: {exc.__class__.__name__}") from None
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise EngineError("upstream sent an answer that is not an OpenAI embedding list") from None
         finally:
             replica.outstanding -= 1

@@ -70,8 +70,11 @@ class Ledger:
             raise ValueError(f"usage event {event.request_id}: started_at must be timezone-aware UTC")
         line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
-            self._journal.append(line)
-            self._pending.append(event)
+            self._pending.append(event)  # first: a failed journal write must not lose the event in memory too
+            try:
+                self._journal.append(line)
+            except OSError as exc:  # disk full or failing: the database write still carries it
+                log.error("usage journal write failed (%s): event %s is held in memory only", exc, event.request_id)
             if len(self._pending) >= self._max_batch and self._wake is not None:
                 self._wake.set()
 

@@ -165,7 +165,7 @@ class Dispatcher:
             self._pump()  # the dropped request may have been a blocked head holding dispatch back
 
     def _expire(self, ticket: Ticket) -> None:
-        if ticket.state is not QUEUED:
+        if ticket.state is not QUEUED or ticket.payload.done():  # dispatched, or its waiter already gone
             return
         self._drop(ticket)
         self.timeouts += 1

@@ -69,19 +69,22 @@ async def _metrics(request: Request) -> Response:
 
 
 async def _build_models(settings: Settings) -> dict[str, ModelRuntime]:
+    if settings.workers > 1 and not settings.redis_url:
+        log.warning("%d workers without redis_url: each enforces the rate limits and quotas on its own, so an "
+                    "organization can use up to %d times its limits; set AIPLUS_REDIS_URL", settings.workers,
+                    settings.workers)
     models: dict[str, ModelRuntime] = {}
     sched = settings.scheduling
     for config in settings.models:
         engine = create_engine(config)
         await engine.start()
-        capacity = engine.capacity
-        if engine.remote and settings.workers > 1:
-            # workers share the replicas: each schedules its part of their budget
-            capacity = max(1, -(-capacity // settings.workers))
+        # workers share remote replicas: each schedules its part of their budget
+        share = settings.workers if engine.remote and settings.workers > 1 else 1
+        tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None
         dispatcher = Dispatcher(
-            config.id, capacity, policy=sched.policy, w_in=sched.w_in, w_out=sched.w_out,
-            queue_timeout_s=sched.queue_timeout_s,
-            max_inflight_tokens=config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None,
+            config.id, max(1, -(-engine.capacity // share)), policy=sched.policy, w_in=sched.w_in,
+            w_out=sched.w_out, queue_timeout_s=sched.queue_timeout_s,
+            max_inflight_tokens=max(1, -(-tokens // share)) if tokens else None,
         )
         models[config.id] = ModelRuntime(config, engine, dispatcher)
         log.info("model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity)

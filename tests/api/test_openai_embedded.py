@@ -241,3 +241,11 @@ def test_healthz(embedded_server):
     r = httpx.get(f"{embedded_server.url}/healthz")
     assert r.status_code == 200 and r.json()["models"] == {DEFAULT_MODEL: "ok"}
 
+
+
+def test_embedding_batches_are_limited_per_input(client, raw):
+    # inputs that together exceed the model's 8,192-token context; each fits, so the batch is fine
+    r = client.embeddings.create(model=DEFAULT_MODEL, input=["rivers and hills " * 90] * 32)
+    assert len(r.data) == 32 and r.usage.prompt_tokens > 8192
+    err = _error(raw.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": ["ok", "word " * 3000]}), 400)
+    assert err["param"] == "input" and "input[1]" in err["message"]

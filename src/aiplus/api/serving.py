@@ -8,6 +8,7 @@ its client — ``_finish`` releases its turn and its reservation and records exa
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import logging
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -244,10 +246,11 @@ class Call:
 
     # admission ---------------------------------------------------------------------------------------------
 
-    async def _admit(self, gen: GenerationRequest) -> None:
-        """Count the prompt, reserve limits, then wait for a fair turn; any refusal is metered and answered."""
+    async def _admit(self, gen: GenerationRequest, inputs: list[str] | None = None) -> None:
+        """Count the prompt (or the ``inputs`` to embed), reserve limits, then wait for a fair turn; any refusal
+        is metered and answered."""
         try:
-            await self._admission(gen)
+            await self._admission(gen, inputs)
         except APIError:
             self._finish("rejected")
             raise
@@ -262,10 +265,13 @@ class Call:
                                code="service_unavailable") from None
             raise
 
-    async def _admission(self, gen: GenerationRequest) -> None:
+    async def _admission(self, gen: GenerationRequest, inputs: list[str] | None) -> None:
         engine = self.model.engine
         try:
-            self.prompt_tokens = await engine.count_prompt_tokens(gen)
+            if inputs is None:
+                self.prompt_tokens = await engine.count_prompt_tokens(gen)
+            else:
+                self.prompt_tokens = await engine.count_embedding_tokens(inputs)
         except EngineError as exc:
             raise _api_error(exc) from None
         room = (engine.context_length or 0) - self.prompt_tokens
@@ -521,16 +527,12 @@ class Call:
 
     async def embed(self, inputs: list[str], encoding_format: str) -> Response:
         gen = GenerationRequest(request_id=self.request_id, model=self.model.config.id, kind="completion",
-                                prompt=" ".join(inputs), max_tokens=1)
-        await self._admit(gen)
+                                max_tokens=1)
+        await self._admit(gen, inputs)
         result = await self._settled(self._embeddings(inputs))
         data = []
         for i, vector in enumerate(result.vectors):
             if encoding_format == "base64":
-                import base64
-
-                import numpy as np
-
                 value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
             else:
                 value = vector

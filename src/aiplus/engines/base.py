@@ -149,6 +149,10 @@ class Engine(abc.ABC):
         finally:
             await deltas.aclose()
 
+    async def count_embedding_tokens(self, inputs: list[str]) -> int:
+        """Tokens of an embeddings request (each input is checked on its own against the model's limit)."""
+        return sum(estimate_tokens(text) for text in inputs)
+
     async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
         raise UnsupportedError(f"model {self.config.id!r} does not serve embeddings", param="model")
 

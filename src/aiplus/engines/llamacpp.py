@@ -249,7 +249,7 @@ class LlamaCppEngine(Engine):
         import llama_cpp
 
         self._embedder = llama_cpp.Llama(
-            model_path=str(self.path), embedding=True, n_ctx=min(self._n_ctx, 2048), n_threads=self._threads,
+            model_path=str(self.path), embedding=True, n_ctx=self._embed_limit, n_threads=self._threads,
             pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False,
         )
 
@@ -257,19 +257,29 @@ class LlamaCppEngine(Engine):
         # one sequence per decode: llama.cpp refuses batches of several sequences for causal models
         return [self._embedder.embed(text, normalize=True) for text in inputs]
 
-    async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
+    @property
+    def _embed_limit(self) -> int:
+        return min(self._n_ctx, 2048)
+
+    async def count_embedding_tokens(self, inputs: list[str]) -> int:
         if not self.config.embeddings:
-            return await super().embed(inputs, request_id)
+            raise UnsupportedError(f"model {self.config.id!r} does not serve embeddings", param="model")
+        total = 0
+        for i, text in enumerate(inputs):
+            n = len(self._llm.tokenize(text.encode(), add_bos=True))
+            if n > self._embed_limit:
+                raise ContextLengthError(
+                    f"input[{i}] has {n} tokens; this model embeds at most {self._embed_limit} tokens per input",
+                    param="input",
+                )
+            total += n
+        return total
+
+    async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
+        tokens = await self.count_embedding_tokens(inputs)
         loop = asyncio.get_running_loop()
         async with self._embed_lock:
             if self._embedder is None:
                 await loop.run_in_executor(self._embed_executor, self._load_embedder)
-        counts = [len(self._llm.tokenize(text.encode(), add_bos=True)) for text in inputs]
-        limit = self._embedder.n_ctx()
-        for i, n in enumerate(counts):
-            if n > limit:
-                raise ContextLengthError(
-                    f"input[{i}] has {n} tokens; this model embeds at most {limit} tokens per input", param="input"
-                )
         vectors = await loop.run_in_executor(self._embed_executor, self._embed_each, inputs)
-        return Embeddings(vectors=vectors, prompt_tokens=sum(counts))
+        return Embeddings(vectors=vectors, prompt_tokens=tokens)

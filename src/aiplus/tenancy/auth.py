@@ -80,7 +80,7 @@ class Authenticator:
         self._poll_interval = poll_interval
         self._cache: dict[str, _Entry] = {}
         self._negative: dict[str, _Entry] = {}
-        self._loading: dict[str, asyncio.Future] = {}
+        self._loading: dict[str, asyncio.Task] = {}
         self._epoch = 0
         self._db_version: str | None = None
         self._redis_version: bytes | None = None
@@ -201,24 +201,20 @@ class Authenticator:
         return entry.principal
 
     async def _load(self, digest: str) -> _Entry:
-        pending = self._loading.get(digest)
-        if pending is not None:  # coalesce concurrent misses of one key into one query
-            return await asyncio.shield(pending)
-        future = asyncio.get_running_loop().create_future()
-        self._loading[digest] = future
-        try:
-            epoch = self._epoch
-            row = await asyncio.to_thread(self._read_key, digest)
-            entry = self._entry(row, epoch)
-            self._store(digest, entry)
-            future.set_result(entry)
-            return entry
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) get it through shield
-            raise
-        finally:
-            del self._loading[digest]
+        """Read one key; concurrent misses of it share one query, which no caller's cancellation can cut short."""
+        task = self._loading.get(digest)
+        if task is None:
+            task = self._loading[digest] = asyncio.ensure_future(self._read_entry(digest))
+            task.add_done_callback(lambda done: (self._loading.pop(digest, None),
+                                                 done.cancelled() or done.exception()))
+        return await asyncio.shield(task)
+
+    async def _read_entry(self, digest: str) -> _Entry:
+        epoch = self._epoch
+        row = await asyncio.to_thread(self._read_key, digest)
+        entry = self._entry(row, epoch)
+        self._store(digest, entry)
+        return entry
 
     def _read_key(self, digest: str) -> dict | None:
         with self._engine.connect() as conn:

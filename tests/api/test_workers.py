@@ -48,8 +48,10 @@ def test_two_workers_share_one_global_request_limit(tmp_path, upstream):
 
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(one, range(24)))
-        assert statuses.count(200) == 10, statuses  # not 10 per worker
-        assert statuses.count(429) == 14
+        admitted = statuses.count(200)
+        # one bucket of 10 for both workers (per-worker buckets would admit 20); a slow run may refill one more
+        assert 10 <= admitted <= 11, statuses
+        assert statuses.count(429) == 24 - admitted
         pids = {line.split("[")[1].rstrip("]") for line in server.log.read_text().splitlines()
                 if line.startswith("INFO:     Started server process")}
         assert len(pids) == 2

@@ -65,8 +65,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    upstream = subprocess.Popen([sys.executable, str(HERE / "fake_upstream.py"), "--port", "0"],
-                                stdout=subprocess.PIPE, text=True)
+    upstream = subprocess.Popen(
+        [sys.executable, str(HERE / "fake_upstream.py"), "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(upstream.stdout.readline().split()[-1])  # "READY <port>"
         url = f"http://127.0.0.1:{port}/v1/chat/completions"

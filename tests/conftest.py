@@ -27,7 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, any_status: bool = False) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen | None = None, timeout: float = 120.0, any_status: bool = False
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -79,8 +81,14 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(tmp: Path, config: str = "", env: dict[str, str] | None = None, port: int | None = None,
-                 data_dir: Path | None = None, args: tuple[str, ...] = ()) -> Server:
+def start_server(
+    tmp: Path,
+    config: str = "",
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    args: tuple[str, ...] = (),
+) -> Server:
     port = port or free_port()
     data_dir = data_dir or tmp / "data"
     cfg = tmp / f"aiplus-{port}.toml"
@@ -90,7 +98,10 @@ def start_server(tmp: Path, config: str = "", env: dict[str, str] | None = None,
     full_env.pop("AIPLUS_CONFIG", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "aiplus.cli", "serve", "--config", str(cfg), "--port", str(port), *args],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=tmp,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        cwd=tmp,
     )
     server = Server(f"http://127.0.0.1:{port}", proc, data_dir, log, full_env)
     try:

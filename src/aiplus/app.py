@@ -28,8 +28,15 @@ from aiplus.services import start_services, stop_services
 
 log = logging.getLogger("aiplus")
 
-def _envelope(status: int, message: str, type_: str | None = None, param: str | None = None,
-              code: str | None = None, headers: dict[str, str] | None = None) -> Response:
+
+def _envelope(
+    status: int,
+    message: str,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     return APIError(status, message, type=type_, param=param, code=code, headers=headers).to_response()
 
 
@@ -48,8 +55,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> Response
     err = exc.errors()[0]
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
     param = ".".join(loc) or None
-    return _envelope(400, f"Invalid value for '{param}': {err.get('msg')}" if param else str(err.get("msg")),
-                     param=param, code="invalid_value")
+    return _envelope(
+        400,
+        f"Invalid value for '{param}': {err.get('msg')}" if param else str(err.get("msg")),
+        param=param,
+        code="invalid_value",
+    )
 
 
 async def _client_gone(_: Request, __: ClientGone) -> Response:
@@ -70,9 +81,12 @@ async def _metrics(request: Request) -> Response:
 
 async def _build_models(settings: Settings) -> dict[str, ModelRuntime]:
     if settings.workers > 1 and not settings.redis_url:
-        log.warning("%d workers without redis_url: each enforces the rate limits and quotas on its own, so an "
-                    "organization can use up to %d times its limits; set AIPLUS_REDIS_URL", settings.workers,
-                    settings.workers)
+        log.warning(
+            "%d workers without redis_url: each enforces the rate limits and quotas on its own, so an "
+            "organization can use up to %d times its limits; set AIPLUS_REDIS_URL",
+            settings.workers,
+            settings.workers,
+        )
     models: dict[str, ModelRuntime] = {}
     sched = settings.scheduling
     for config in settings.models:
@@ -82,12 +96,18 @@ async def _build_models(settings: Settings) -> dict[str, ModelRuntime]:
         share = settings.workers if engine.remote and settings.workers > 1 else 1
         tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None
         dispatcher = Dispatcher(
-            config.id, max(1, -(-engine.capacity // share)), policy=sched.policy, w_in=sched.w_in,
-            w_out=sched.w_out, queue_timeout_s=sched.queue_timeout_s,
+            config.id,
+            max(1, -(-engine.capacity // share)),
+            policy=sched.policy,
+            w_in=sched.w_in,
+            w_out=sched.w_out,
+            queue_timeout_s=sched.queue_timeout_s,
             max_inflight_tokens=max(1, -(-tokens // share)) if tokens else None,
         )
         models[config.id] = ModelRuntime(config, engine, dispatcher)
-        log.info("model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity)
+        log.info(
+            "model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity
+        )
     return models
 
 
@@ -108,8 +128,11 @@ class Gateway:
             return
         scope["app"] = self.app
         if scope["method"] not in route.methods:
-            response = _envelope(405, f"Method {scope['method']} is not allowed on {scope['path']}.",
-                                 headers={"allow": ", ".join(sorted(route.methods))})
+            response = _envelope(
+                405,
+                f"Method {scope['method']} is not allowed on {scope['path']}.",
+                headers={"allow": ", ".join(sorted(route.methods))},
+            )
         else:
             try:
                 response = await route.endpoint(Request(scope, receive, send))
@@ -150,7 +173,9 @@ def create_app(settings: Settings) -> Gateway:
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
-    app.include_router(adoption_api.router, tags=["adoption"], dependencies=[admin_api.require_admin_dependency])
+    app.include_router(
+        adoption_api.router, tags=["adoption"], dependencies=[admin_api.require_admin_dependency]
+    )
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -55,7 +55,6 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
     """orgs, keys, usage (issue 3): the same service functions the admin API calls, printed as tables."""
     from datetime import UTC, datetime
 
-
     def table(title: str, columns: list[str], rows: list[list]) -> None:
         from rich.console import Console
         from rich.table import Table
@@ -349,7 +348,6 @@ def _add_tenancy_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_adoption_commands(sub: argparse._SubParsersAction) -> None:
     """registry, adoption, demo (issue 5): thin shells over aiplus.adoption (the admin API uses the same report)."""
-
 
     def rejected(fn):
         """Run a command; a rejected CSV or a bad argument prints its reasons and exits 1."""

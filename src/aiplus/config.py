@@ -208,7 +208,9 @@ def _model(raw: dict[str, Any], index: int) -> ModelConfig:
     return model
 
 
-def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | None = None, **overrides) -> Settings:
+def load_settings(
+    path: str | os.PathLike | None = None, env: dict[str, str] | None = None, **overrides
+) -> Settings:
     """Read settings from the TOML file (if any), then ``AIPLUS_*`` variables, then keyword overrides."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
@@ -255,7 +257,14 @@ def load_settings(path: str | os.PathLike | None = None, env: dict[str, str] | N
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = _build(
         Settings,
-        {**values, "models": models, "tiers": tiers, "scheduling": scheduling, "prices": prices, "adoption": adoption},
+        {
+            **values,
+            "models": models,
+            "tiers": tiers,
+            "scheduling": scheduling,
+            "prices": prices,
+            "adoption": adoption,
+        },
         "[server]",
     )
     if not settings.models:

@@ -64,7 +64,9 @@ class ResponseFormat(BaseModel):
 
     @model_validator(mode="after")
     def _schema_present(self) -> ResponseFormat:
-        if self.type == "json_schema" and not (self.json_schema and isinstance(self.json_schema.get("schema"), dict)):
+        if self.type == "json_schema" and not (
+            self.json_schema and isinstance(self.json_schema.get("schema"), dict)
+        ):
             raise ValueError("response_format of type json_schema needs json_schema.schema (an object)")
         return self
 
@@ -182,8 +184,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_completion(
-    request_id: str, model: str, content: str | None, reasoning: str | None, tool_calls: list | None,
-    finish_reason: str, prompt_tokens: int, completion_tokens: int,
+    request_id: str,
+    model: str,
+    content: str | None,
+    reasoning: str | None,
+    tool_calls: list | None,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
@@ -200,7 +208,9 @@ def chat_completion(
     }
 
 
-def chat_chunk(request_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None) -> dict:
+def chat_chunk(
+    request_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None
+) -> dict:
     return {
         "id": request_id,
         "object": "chat.completion.chunk",
@@ -210,7 +220,9 @@ def chat_chunk(request_id: str, created: int, model: str, delta: dict[str, Any],
     }
 
 
-def usage_chunk(request_id: str, created: int, model: str, object_: str, prompt_tokens: int, completion_tokens: int):
+def usage_chunk(
+    request_id: str, created: int, model: str, object_: str, prompt_tokens: int, completion_tokens: int
+):
     return {
         "id": request_id,
         "object": object_,
@@ -222,8 +234,13 @@ def usage_chunk(request_id: str, created: int, model: str, object_: str, prompt_
 
 
 def text_completion(
-    request_id: str, model: str, text: str, finish_reason: str | None, created: int | None = None,
-    prompt_tokens: int | None = None, completion_tokens: int | None = None,
+    request_id: str,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    created: int | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": request_id,

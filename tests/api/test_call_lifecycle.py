@@ -16,8 +16,11 @@ from tests.conftest import ADMIN_TOKEN, DEFAULT_MODEL, start_server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lifecycle")
-    s = start_server(tmp, f'[tiers.tiny]\nrequests_per_minute = 2\n[[models]]\nid = "{DEFAULT_MODEL}"\n'
-                          'max_concurrency = 1\n[[models]]\nid = "short-context"\ncontext_length = 2048\n')
+    s = start_server(
+        tmp,
+        f'[tiers.tiny]\nrequests_per_minute = 2\n[[models]]\nid = "{DEFAULT_MODEL}"\n'
+        'max_concurrency = 1\n[[models]]\nid = "short-context"\ncontext_length = 2048\n',
+    )
     yield s
     s.stop()
 
@@ -26,7 +29,10 @@ def events(server, org_id: str) -> list[dict]:
     db = sqlite3.connect(server.data_dir / "aiplus.db")
     db.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in db.execute("SELECT * FROM usage_events WHERE org_id = ? ORDER BY started_at", (org_id,))]
+        return [
+            dict(r)
+            for r in db.execute("SELECT * FROM usage_events WHERE org_id = ? ORDER BY started_at", (org_id,))
+        ]
     finally:
         db.close()
 
@@ -43,12 +49,22 @@ def wait_events(server, org_id: str, n: int, timeout: float = 10.0) -> list[dict
 
 def raw_stream(server, key: str, max_tokens: int, stream: bool = True) -> socket.socket:
     """Open a chat request on a bare socket, so the test decides exactly when the client vanishes."""
-    body = json.dumps({"model": DEFAULT_MODEL, "stream": stream, "max_tokens": max_tokens, "temperature": 0,
-                       "messages": [{"role": "user", "content": "Write a very long story about the sea."}]}).encode()
+    body = json.dumps(
+        {
+            "model": DEFAULT_MODEL,
+            "stream": stream,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+        }
+    ).encode()
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     return sock
 
 
@@ -66,8 +82,12 @@ def test_client_leaving_mid_stream_is_metered_for_what_it_received(server):
     # the engine stopped: the next request is served at once, not after 400 tokens
     other = server.new_org("Next One")
     t0 = time.perf_counter()
-    r = httpx.post(f"{server.v1}/chat/completions", timeout=60, headers={"authorization": f"Bearer {other['key']}"},
-                   json={"model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{server.v1}/chat/completions",
+        timeout=60,
+        headers={"authorization": f"Bearer {other['key']}"},
+        json={"model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200 and time.perf_counter() - t0 < 3.0
 
 
@@ -106,30 +126,49 @@ def test_every_answered_request_has_one_event_with_its_usage(server):
     headers = {"authorization": f"Bearer {org['key']}"}
     usages = []
     for _ in range(3):
-        r = httpx.post(f"{server.v1}/chat/completions", headers=headers, timeout=60,
-                       json={"model": DEFAULT_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            f"{server.v1}/chat/completions",
+            headers=headers,
+            timeout=60,
+            json={"model": DEFAULT_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        )
         usages.append((r.headers["x-request-id"], r.json()["usage"]))
     rows = wait_events(server, org["org"]["id"], 3)
     assert {(e["request_id"], e["prompt_tokens"], e["completion_tokens"]) for e in rows} == {
         (rid, u["prompt_tokens"], u["completion_tokens"]) for rid, u in usages
     }
-    assert all(e["status"] == "ok" and e["cost_micros"] > 0 for e in rows) or all(e["cost_micros"] == 0 for e in rows)
+    assert all(e["status"] == "ok" and e["cost_micros"] > 0 for e in rows) or all(
+        e["cost_micros"] == 0 for e in rows
+    )
 
 
 def test_rate_limit_headers_like_openai(server):
     org = server.new_org("Header Reader")
-    r = httpx.post(f"{server.v1}/chat/completions", headers={"authorization": f"Bearer {org['key']}"}, timeout=60,
-                   json={"model": DEFAULT_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{server.v1}/chat/completions",
+        headers={"authorization": f"Bearer {org['key']}"},
+        timeout=60,
+        json={"model": DEFAULT_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200
-    for name in ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
-                 "x-ratelimit-remaining-tokens", "x-request-id"):
+    for name in (
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-request-id",
+    ):
         assert name in r.headers, name
 
 
 def test_metrics_exposes_scheduler_and_engine_state(server):
     text = httpx.get(f"{server.url}/metrics").text
-    for name in ("aiplus_queue_length", "aiplus_queue_wait_seconds_bucket", "aiplus_tokens_served_total",
-                 "aiplus_inflight_requests"):
+    for name in (
+        "aiplus_queue_length",
+        "aiplus_queue_wait_seconds_bucket",
+        "aiplus_tokens_served_total",
+        "aiplus_inflight_requests",
+    ):
         assert name in text, name
     assert 'aiplus_inflight_requests{model="smollm2-135m-instruct",replica="0"}' in text
 
@@ -159,7 +198,9 @@ def test_rate_limited_org_gets_429_with_retry_after(server):
     org = server.new_org("Tiny Tier Shop", tier="tiny", sector="trade")
     body = {"model": DEFAULT_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     headers = {"authorization": f"Bearer {org['key']}"}
-    answers = [httpx.post(f"{server.v1}/chat/completions", headers=headers, json=body, timeout=60) for _ in range(3)]
+    answers = [
+        httpx.post(f"{server.v1}/chat/completions", headers=headers, json=body, timeout=60) for _ in range(3)
+    ]
     assert [r.status_code for r in answers] == [200, 200, 429]
     limited = answers[-1]
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
@@ -184,9 +225,17 @@ def test_no_max_tokens_on_a_long_prompt_still_fits_the_context(server):
     """The embedded default limit (1,024) shrinks to what the context has left instead of failing the request."""
     org = server.new_org("Long Reader")
     long = "hello world " * 800  # about 1,600 tokens: 1,024 more would not fit in 2,048
-    r = httpx.post(f"{server.v1}/chat/completions", headers={"authorization": f"Bearer {org['key']}"}, timeout=120,
-                   json={"model": "short-context", "messages": [{"role": "user", "content": long}], "temperature": 0,
-                         "stop": [" ", ".", "\n"]})
+    r = httpx.post(
+        f"{server.v1}/chat/completions",
+        headers={"authorization": f"Bearer {org['key']}"},
+        timeout=120,
+        json={
+            "model": "short-context",
+            "messages": [{"role": "user", "content": long}],
+            "temperature": 0,
+            "stop": [" ", ".", "\n"],
+        },
+    )
     assert r.status_code == 200, r.text
     usage = r.json()["usage"]
     assert usage["prompt_tokens"] > 1500 and usage["prompt_tokens"] + usage["completion_tokens"] <= 2048

@@ -19,8 +19,9 @@ THINK_UPSTREAM = Path(__file__).resolve().parents[1] / "engines" / "think_upstre
 @pytest.fixture
 def upstream(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(THINK_UPSTREAM), str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(THINK_UPSTREAM), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
     yield f"http://127.0.0.1:{port}/v1"
     proc.kill()
@@ -42,8 +43,12 @@ def test_two_workers_share_one_global_request_limit(tmp_path, upstream):
 
         def one(_: int) -> int:
             # a new connection each time, so the kernel spreads requests over both workers
-            r = httpx.post(f"{server.v1}/chat/completions", json=body, timeout=30,
-                           headers={"authorization": f"Bearer {org['key']}", "connection": "close"})
+            r = httpx.post(
+                f"{server.v1}/chat/completions",
+                json=body,
+                timeout=30,
+                headers={"authorization": f"Bearer {org['key']}", "connection": "close"},
+            )
             return r.status_code
 
         with ThreadPoolExecutor(8) as pool:
@@ -52,8 +57,11 @@ def test_two_workers_share_one_global_request_limit(tmp_path, upstream):
         # one bucket of 10 for both workers (per-worker buckets would admit 20); a slow run may refill one more
         assert 10 <= admitted <= 11, statuses
         assert statuses.count(429) == 24 - admitted
-        pids = {line.split("[")[1].rstrip("]") for line in server.log.read_text().splitlines()
-                if line.startswith("INFO:     Started server process")}
+        pids = {
+            line.split("[")[1].rstrip("]")
+            for line in server.log.read_text().splitlines()
+            if line.startswith("INFO:     Started server process")
+        }
         assert len(pids) == 2
     finally:
         server.stop()

@@ -19,8 +19,14 @@ SEEN: list[dict] = []
 
 def tool_call(body):
     name = body["tools"][0]["function"]["name"]
-    return [{"index": 0, "id": "call_1", "type": "function",
-             "function": {"name": name, "arguments": json.dumps({"city": "Paris"})}}]
+    return [
+        {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps({"city": "Paris"})},
+        }
+    ]
 
 
 async def chat(request: Request):
@@ -34,13 +40,29 @@ async def chat(request: Request):
         else:
             message = {"role": "assistant", "content": "".join(PIECES)}
             finish = "stop"
-        return JSONResponse({**base, "object": "chat.completion", "usage": USAGE,
-                             "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
+        return JSONResponse(
+            {
+                **base,
+                "object": "chat.completion",
+                "usage": USAGE,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            }
+        )
 
     async def events():
         def chunk(delta, finish=None):
-            return "data: " + json.dumps({**base, "object": "chat.completion.chunk",
-                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                )
+                + "\n\n"
+            )
+
         yield chunk({"role": "assistant", "content": ""})
         if body.get("tools"):
             yield chunk({"tool_calls": tool_call(body)})
@@ -50,7 +72,11 @@ async def chat(request: Request):
                 yield chunk({"content": piece})
             yield chunk({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
-            yield "data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": USAGE}) + "\n\n"
+            yield (
+                "data: "
+                + json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": USAGE})
+                + "\n\n"
+            )
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -61,11 +87,18 @@ async def last(request: Request):
 
 
 async def models(request: Request):
-    return JSONResponse({"object": "list", "data": [{"id": "r1", "object": "model", "created": 1, "owned_by": "x"}]})
+    return JSONResponse(
+        {"object": "list", "data": [{"id": "r1", "object": "model", "created": 1, "owned_by": "x"}]}
+    )
 
 
-app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models),
-                        Route("/last", last)])
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/last", last),
+    ]
+)
 
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

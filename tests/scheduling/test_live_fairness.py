@@ -14,8 +14,12 @@ from tests.conftest import DEFAULT_MODEL, start_server
 async def _run(server) -> tuple[list[float], list[float]]:
     heavy = server.new_org("Heavy Factory", sector="manufacturing")
     light = server.new_org("Village School", sector="education")
-    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 8,
-            "temperature": 0}
+    body = {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
     t0 = time.perf_counter()
 
     async def call(client: httpx.AsyncClient, key: str) -> float:
@@ -23,14 +27,17 @@ async def _run(server) -> tuple[list[float], list[float]]:
         assert r.status_code == 200, r.text
         return time.perf_counter() - t0
 
-    async with httpx.AsyncClient(base_url=server.url, timeout=300,
-                                 limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=300, limits=httpx.Limits(max_connections=64)
+    ) as client:
         heavy_tasks = [asyncio.create_task(call(client, heavy["key"])) for _ in range(30)]
         # wait until the heavy org's backlog is queued in the server
         for _ in range(100):
             metrics = (await client.get("/metrics")).text
-            if any(line.startswith("aiplus_queue_length") and not line.rstrip().endswith(" 0.0")
-                   for line in metrics.splitlines()):
+            if any(
+                line.startswith("aiplus_queue_length") and not line.rstrip().endswith(" 0.0")
+                for line in metrics.splitlines()
+            ):
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
@@ -41,8 +48,10 @@ async def _run(server) -> tuple[list[float], list[float]]:
 
 @pytest.mark.parametrize("policy", ["fair", "fcfs"])
 def test_light_org_is_not_starved_by_a_heavy_backlog(tmp_path, policy):
-    server = start_server(tmp_path, f'[scheduling]\npolicy = "{policy}"\n[[models]]\nid = "{DEFAULT_MODEL}"\n'
-                                    "max_concurrency = 1\n")
+    server = start_server(
+        tmp_path,
+        f'[scheduling]\npolicy = "{policy}"\n[[models]]\nid = "{DEFAULT_MODEL}"\nmax_concurrency = 1\n',
+    )
     try:
         heavy, light = asyncio.run(_run(server))
     finally:

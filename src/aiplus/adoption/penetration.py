@@ -297,7 +297,9 @@ def penetration_series(
     axis = CUTS[by]
     names = group_order(by, {key[axis] for key in base})
     series = Series(by=by, months=months, groups={name: [] for name in names})
-    stored = stored_cells(conn, definition, sorted(snapshots.stored_months(conn, definition.window_days, months)))
+    stored = stored_cells(
+        conn, definition, sorted(snapshots.stored_months(conn, definition.window_days, months))
+    )
     for end in months:
         detailed = detail == "all" or end == months[-1] or end in stored
         found = stored[end] if end in stored else window_cells(conn, definition, end, detail=detailed)

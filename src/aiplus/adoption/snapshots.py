@@ -24,6 +24,7 @@ from aiplus.storage.tables import usage_daily
 
 SETTLE_DAYS = 7
 
+
 def settled(end: date, today: date) -> bool:
     return end + timedelta(days=SETTLE_DAYS) <= today
 

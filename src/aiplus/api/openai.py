@@ -22,7 +22,9 @@ from aiplus.engines.base import GenerationRequest
 
 
 def _param(loc: tuple) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in ("str", "list[str]", "int", "float", "bool"))]
+    parts = [
+        str(p) for p in loc if not (isinstance(p, str) and p in ("str", "list[str]", "int", "float", "bool"))
+    ]
     return ".".join(p if not p.isdigit() else f"[{p}]" for p in parts).replace(".[", "[") or "body"
 
 
@@ -36,14 +38,21 @@ def invalid(exc: ValidationError) -> APIError:
         message = f"unrecognized request argument: {param}"
     else:
         message = f"Invalid value for '{param}': {message}"
-    return APIError(400, message, param=param, code="invalid_value" if err["type"] != "missing" else "missing_required_parameter")
+    return APIError(
+        400,
+        message,
+        param=param,
+        code="invalid_value" if err["type"] != "missing" else "missing_required_parameter",
+    )
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, or a 400/413 that says what is wrong with it."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise APIError(413, f"request body is {length} bytes; the limit is {limit} bytes", code="request_too_large")
+        raise APIError(
+            413, f"request body is {length} bytes; the limit is {limit} bytes", code="request_too_large"
+        )
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -71,12 +80,39 @@ def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 _CHAT_FIELDS = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n",
-     "stream", "stream_options", "tools", "tool_choice", "response_format", "user"}
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "user",
+    }
 )
 _COMPLETION_FIELDS = frozenset(
-    {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options",
-     "user", "echo"}
+    {
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "stream_options",
+        "user",
+        "echo",
+    }
 )
 
 
@@ -130,7 +166,9 @@ async def embeddings(request: Request) -> Response:
     data = await read_json(request, runtime.settings.max_body_bytes)
     body: protocol.EmbeddingRequest = parse(protocol.EmbeddingRequest, data)
     if body.dimensions is not None:
-        raise APIError(400, "this model does not support 'dimensions'", param="dimensions", code="unsupported_parameter")
+        raise APIError(
+            400, "this model does not support 'dimensions'", param="dimensions", code="unsupported_parameter"
+        )
     call = await Call.open(runtime, request, body.model, "embedding")
     return await call.embed(body.inputs, body.encoding_format)
 
@@ -159,7 +197,11 @@ async def healthz(request: Request) -> Response:
     models = {mid: ("ok" if m.engine.healthy() else "unavailable") for mid, m in runtime.models.items()}
     ok = all(v == "ok" for v in models.values())
     return json_response(
-        {"status": "ok" if ok else "degraded", "models": models, "uptime_s": int(time.time() - runtime.started)},
+        {
+            "status": "ok" if ok else "degraded",
+            "models": models,
+            "uptime_s": int(time.time() - runtime.started),
+        },
         status=200 if ok else 503,
     )
 

@@ -80,10 +80,14 @@ class Runtime:
 
     def model(self, model_id: str, principal: Principal | None) -> ModelRuntime:
         model = self.models.get(model_id)
-        if model is None or (principal is not None and principal.models is not None and model_id not in principal.models):
+        if model is None or (
+            principal is not None and principal.models is not None and model_id not in principal.models
+        ):
             raise APIError(
-                404, f"The model '{model_id}' does not exist or you do not have access to it.",
-                param="model", code="model_not_found",
+                404,
+                f"The model '{model_id}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
             )
         return model
 
@@ -221,7 +225,9 @@ class Call:
         "used_tools",
     )
 
-    def __init__(self, runtime: Runtime, request: Request, principal: Principal, model: ModelRuntime, endpoint: str):
+    def __init__(
+        self, runtime: Runtime, request: Request, principal: Principal, model: ModelRuntime, endpoint: str
+    ):
         self.runtime = runtime
         self.request = request
         self.principal = principal
@@ -261,8 +267,11 @@ class Call:
             self._finish("error")
             if isinstance(exc, Exception):  # e.g. the database behind the month's quota is down
                 log.exception("admission failed", exc_info=exc)
-                raise APIError(503, "The service could not admit the request just now; retry shortly.",
-                               code="service_unavailable") from None
+                raise APIError(
+                    503,
+                    "The service could not admit the request just now; retry shortly.",
+                    code="service_unavailable",
+                ) from None
             raise
 
     async def _admission(self, gen: GenerationRequest, inputs: list[str] | None) -> None:
@@ -275,21 +284,32 @@ class Call:
         except EngineError as exc:
             raise _api_error(exc) from None
         room = (engine.context_length or 0) - self.prompt_tokens
-        if gen.max_tokens is None and engine.default_max_tokens:  # a default never makes a fitting prompt fail
+        if (
+            gen.max_tokens is None and engine.default_max_tokens
+        ):  # a default never makes a fitting prompt fail
             gen.max_tokens = min(engine.default_max_tokens, room) if room > 0 else engine.default_max_tokens
         # a request with no limit at all (an upstream's own default) reserves a typical answer, not a context
-        completion_budget = gen.max_tokens or (min(room, DEFAULT_RESERVED_COMPLETION) if room > 0
-                                               else DEFAULT_RESERVED_COMPLETION)
+        completion_budget = gen.max_tokens or (
+            min(room, DEFAULT_RESERVED_COMPLETION) if room > 0 else DEFAULT_RESERVED_COMPLETION
+        )
         try:
-            self.reservation = await self.runtime.limiter.reserve(self.principal, self.prompt_tokens + completion_budget)
+            self.reservation = await self.runtime.limiter.reserve(
+                self.principal, self.prompt_tokens + completion_budget
+            )
         except RateLimited as exc:
-            raise APIError(429, exc.message, type="rate_limit_error" if exc.code == "rate_limit_exceeded"
-                           else "insufficient_quota", code=exc.code,
-                           headers={**exc.headers, "retry-after": str(exc.retry_after)}) from None
+            raise APIError(
+                429,
+                exc.message,
+                type="rate_limit_error" if exc.code == "rate_limit_exceeded" else "insufficient_quota",
+                code=exc.code,
+                headers={**exc.headers, "retry-after": str(exc.retry_after)},
+            ) from None
         self.headers.update(self.reservation.headers)
         p = self.principal
         dispatcher = self.model.dispatcher
-        self.lease = dispatcher.acquire_nowait(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier)
+        self.lease = dispatcher.acquire_nowait(
+            p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier
+        )
         if self.lease is not None:
             return
         try:
@@ -299,9 +319,11 @@ class Call:
             )
         except QueueTimeout as exc:
             raise APIError(
-                429, f"The model '{self.model.config.id}' is at capacity and your request waited "
+                429,
+                f"The model '{self.model.config.id}' is at capacity and your request waited "
                 f"{self.runtime.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
-                type="rate_limit_error", code="queue_timeout",
+                type="rate_limit_error",
+                code="queue_timeout",
                 headers={"retry-after": str(exc.retry_after)},
             ) from None
 
@@ -324,7 +346,11 @@ class Call:
                 runtime.services.background(pending)
         model_id = self.model.config.id
         tier = self.principal.tier
-        cost = runtime.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens) if total else 0
+        cost = (
+            runtime.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens)
+            if total
+            else 0
+        )
         now = time.perf_counter()
         runtime.ledger.record(
             UsageEvent(
@@ -364,14 +390,17 @@ class Call:
 
     # generation --------------------------------------------------------------------------------------------
 
-    async def run(self, gen: GenerationRequest, *, stream: bool, include_usage: bool, echo: bool = False) -> Response:
+    async def run(
+        self, gen: GenerationRequest, *, stream: bool, include_usage: bool, echo: bool = False
+    ) -> Response:
         await self._admit(gen)
         if stream:
             # the first batch before the 200: a request that fails before its first token gets its real status
             batches = self.model.engine.generate_batches(gen)
             try:
-                first = await self._settled(inline_until_disconnect(anext(batches, None), self.request.receive),
-                                            final=False)
+                first = await self._settled(
+                    inline_until_disconnect(anext(batches, None), self.request.receive), final=False
+                )
             except BaseException:
                 await batches.aclose()
                 raise
@@ -419,8 +448,12 @@ class Call:
         content = "".join(text)
         if gen.kind == "completion":
             return protocol.text_completion(
-                self.request_id, model_id, (gen.prompt or "") + content if echo else content, finish,
-                prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                self.request_id,
+                model_id,
+                (gen.prompt or "") + content if echo else content,
+                finish,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
             )
         thought: str | None = "".join(reasoning) if reasoning else None
         if self.model.config.reasoning and thought is None:
@@ -428,12 +461,24 @@ class Call:
         if tool_calls and finish == "stop":
             finish = "tool_calls"
         return protocol.chat_completion(
-            self.request_id, model_id, content if content or not tool_calls else None, thought, tool_calls or None,
-            finish, self.prompt_tokens, self.completion_tokens,
+            self.request_id,
+            model_id,
+            content if content or not tool_calls else None,
+            thought,
+            tool_calls or None,
+            finish,
+            self.prompt_tokens,
+            self.completion_tokens,
         )
 
-    async def _stream(self, gen: GenerationRequest, generator: AsyncIterator[list[Delta]], first: list[Delta] | None,
-                      include_usage: bool, echo: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self,
+        gen: GenerationRequest,
+        generator: AsyncIterator[list[Delta]],
+        first: list[Delta] | None,
+        include_usage: bool,
+        echo: bool,
+    ) -> AsyncIterator[bytes]:
         model_id = self.model.config.id
         created = int(time.time())
         chat = gen.kind == "chat"
@@ -443,8 +488,13 @@ class Call:
         try:
             head: list[bytes] = []
             if chat:
-                head.append(sse(protocol.chat_chunk(rid, created, model_id, {"role": "assistant", "content": ""},
-                                                    None)))
+                head.append(
+                    sse(
+                        protocol.chat_chunk(
+                            rid, created, model_id, {"role": "assistant", "content": ""}, None
+                        )
+                    )
+                )
             elif echo and gen.prompt:
                 head.append(sse(protocol.text_completion(rid, model_id, gen.prompt, None, created)))
             finish = None
@@ -456,8 +506,13 @@ class Call:
                     finish = delta.finish_reason or finish
                     if not chat:
                         if delta.text or delta.finish_reason:
-                            out.append(sse(protocol.text_completion(rid, model_id, delta.text, delta.finish_reason,
-                                                                    created)))
+                            out.append(
+                                sse(
+                                    protocol.text_completion(
+                                        rid, model_id, delta.text, delta.finish_reason, created
+                                    )
+                                )
+                            )
                         continue
                     for piece in self._chat_pieces(delta, splitter):
                         out.append(sse(protocol.chat_chunk(rid, created, model_id, piece, None)))
@@ -465,7 +520,11 @@ class Call:
                         if splitter is not None:
                             for piece in self._flush(splitter):
                                 out.append(sse(protocol.chat_chunk(rid, created, model_id, piece, None)))
-                        reason = "tool_calls" if self.used_tools and delta.finish_reason == "stop" else delta.finish_reason
+                        reason = (
+                            "tool_calls"
+                            if self.used_tools and delta.finish_reason == "stop"
+                            else delta.finish_reason
+                        )
                         out.append(sse(protocol.chat_chunk(rid, created, model_id, {}, reason)))
                 if out:
                     yield b"".join(out)
@@ -474,15 +533,22 @@ class Call:
                 if splitter is not None:
                     for piece in self._flush(splitter):
                         tail.append(sse(protocol.chat_chunk(rid, created, model_id, piece, None)))
-                tail.append(sse(
-                    protocol.chat_chunk(rid, created, model_id, {}, "stop")
-                    if chat
-                    else protocol.text_completion(rid, model_id, "", "stop", created)
-                ))
+                tail.append(
+                    sse(
+                        protocol.chat_chunk(rid, created, model_id, {}, "stop")
+                        if chat
+                        else protocol.text_completion(rid, model_id, "", "stop", created)
+                    )
+                )
             if include_usage:
                 obj = "chat.completion.chunk" if chat else "text_completion"
-                tail.append(sse(protocol.usage_chunk(rid, created, model_id, obj, self.prompt_tokens,
-                                                     self.completion_tokens)))
+                tail.append(
+                    sse(
+                        protocol.usage_chunk(
+                            rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens
+                        )
+                    )
+                )
             tail.append(DONE)
             status = "ok"  # before the last write: a client that leaves now has had its whole answer
             yield b"".join(tail)
@@ -515,19 +581,28 @@ class Call:
     @staticmethod
     def _flush(splitter: ThinkSplitter) -> list[dict[str, Any]]:
         reasoning, content = splitter.flush()
-        return [p for p in ({"reasoning_content": reasoning} if reasoning else None,
-                            {"content": content} if content else None) if p]
+        return [
+            p
+            for p in (
+                {"reasoning_content": reasoning} if reasoning else None,
+                {"content": content} if content else None,
+            )
+            if p
+        ]
 
     # embeddings --------------------------------------------------------------------------------------------
 
     async def _embeddings(self, inputs: list[str]) -> Any:
-        result = await until_disconnect(self.model.engine.embed(inputs, self.request_id), self.request.receive)
+        result = await until_disconnect(
+            self.model.engine.embed(inputs, self.request_id), self.request.receive
+        )
         self.prompt_tokens = result.prompt_tokens
         return result
 
     async def embed(self, inputs: list[str], encoding_format: str) -> Response:
-        gen = GenerationRequest(request_id=self.request_id, model=self.model.config.id, kind="completion",
-                                max_tokens=1)
+        gen = GenerationRequest(
+            request_id=self.request_id, model=self.model.config.id, kind="completion", max_tokens=1
+        )
         await self._admit(gen, inputs)
         result = await self._settled(self._embeddings(inputs))
         data = []
@@ -538,7 +613,11 @@ class Call:
                 value = vector
             data.append({"object": "embedding", "index": i, "embedding": value})
         return json_response(
-            {"object": "list", "data": data, "model": self.model.config.id,
-             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}},
+            {
+                "object": "list",
+                "data": data,
+                "model": self.model.config.id,
+                "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+            },
             headers=self.headers,
         )

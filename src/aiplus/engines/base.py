@@ -40,8 +40,14 @@ class UnsupportedError(EngineError):
 class UpstreamError(EngineError):
     """The upstream answered with an error of its own; passed on with its status when it is a client error."""
 
-    def __init__(self, message: str, status: int = 502, type: str = "upstream_error", code: str | None = None,
-                 param: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int = 502,
+        type: str = "upstream_error",
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message, param=param)
         self.status = status
         self.type = type
@@ -66,7 +72,9 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # other OpenAI fields, passed to upstream engines as-is
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # other OpenAI fields, passed to upstream engines as-is
 
 
 @dataclass(slots=True)

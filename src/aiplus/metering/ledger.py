@@ -74,7 +74,9 @@ class Ledger:
             try:
                 self._journal.append(line)
             except OSError as exc:  # disk full or failing: the database write still carries it
-                log.error("usage journal write failed (%s): event %s is held in memory only", exc, event.request_id)
+                log.error(
+                    "usage journal write failed (%s): event %s is held in memory only", exc, event.request_id
+                )
             if len(self._pending) >= self._max_batch and self._wake is not None:
                 self._wake.set()
 

@@ -205,8 +205,9 @@ class Authenticator:
         task = self._loading.get(digest)
         if task is None:
             task = self._loading[digest] = asyncio.ensure_future(self._read_entry(digest))
-            task.add_done_callback(lambda done: (self._loading.pop(digest, None),
-                                                 done.cancelled() or done.exception()))
+            task.add_done_callback(
+                lambda done: (self._loading.pop(digest, None), done.cancelled() or done.exception())
+            )
         return await asyncio.shield(task)
 
     async def _read_entry(self, digest: str) -> _Entry:

@@ -97,5 +97,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("adoption_observations", "register_orgs", "usage_daily", "usage_events", "secrets", "api_keys", "orgs"):
+    for name in (
+        "adoption_observations",
+        "register_orgs",
+        "usage_daily",
+        "usage_events",
+        "secrets",
+        "api_keys",
+        "orgs",
+    ):
         op.drop_table(name)

@@ -75,6 +75,9 @@ class GenerationRequest:
     extra: dict[str, Any] = field(
         default_factory=dict
     )  # other OpenAI fields, passed to upstream engines as-is
+    # the engine's own rendering of the prompt (e.g. token ids), made once by count_prompt_tokens at admission and
+    # reused by generate; opaque outside the engine that set it
+    prepared: Any = None
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiplus.config import ModelConfig
 from aiplus.engines.base import (
@@ -35,7 +35,15 @@ DEFAULT_TOP_P = 0.95
 # Without a limit a small model on a CPU may ramble to the end of its context for minutes, holding its org's
 # token reservation all that time; OpenAI's default (the context) is one setting away: default_max_tokens.
 DEFAULT_MAX_TOKENS = 1024
+INLINE_PROMPT_CHARS = 4096  # longer prompts are templated and tokenized off the event loop
 _END = object()
+
+
+class Prompt(NamedTuple):
+    """A request's prompt as the model reads it: token ids, and the chat template's own stop strings."""
+
+    tokens: list[int]
+    stops: list[str]
 
 
 def default_model_path() -> Path:
@@ -93,18 +101,8 @@ class LlamaCppEngine(Engine):
         path = self.path or default_model_path()
         if not path.is_file():
             raise EngineError(f"model file not found: {path}")
-        n_ctx = self.config.context_length or 0
-        llm = Llama(
-            model_path=str(path), n_ctx=n_ctx or 4096, n_threads=self._threads, verbose=False, n_batch=512
-        )
-        trained = int(
-            llm.metadata.get(f"{llm.metadata.get('general.architecture', 'llama')}.context_length", 0) or 0
-        )
-        if not n_ctx and trained > 4096:
-            n_ctx = min(trained, 8192)
-            llm = Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=self._threads, verbose=False, n_batch=512
-            )
+        n_ctx = self.config.context_length or self._default_context(path)
+        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads, verbose=False, n_batch=512)
         template = llm.metadata.get("tokenizer.chat_template")
         if template:
             eos = llm._model.token_get_text(llm.token_eos())
@@ -113,6 +111,21 @@ class LlamaCppEngine(Engine):
         self._llm = llm
         self._n_ctx = llm.n_ctx()
         self.path = path
+
+    @staticmethod
+    def _default_context(path: Path) -> int:
+        """The context to allocate when none is configured: the trained one, within 4,096..8,192 tokens.
+
+        Read from the GGUF metadata through a vocab-only load (metadata and vocabulary, no weights, no context:
+        about 50 ms for SmolLM2), so that the model itself is loaded once, at its final size.
+        """
+        from llama_cpp import Llama
+
+        probe = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        arch = probe.metadata.get("general.architecture", "llama")
+        trained = int(probe.metadata.get(f"{arch}.context_length", 0) or 0)
+        probe.close()
+        return min(trained, 8192) if trained > 4096 else 4096
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
@@ -134,11 +147,11 @@ class LlamaCppEngine(Engine):
             out.append({"role": role, "content": content or ""})
         return out
 
-    def _prompt(self, request: GenerationRequest) -> tuple[list[int], list[str]]:
-        """Token ids of the prompt and the template's own stop strings."""
+    def _render(self, request: GenerationRequest) -> Prompt:
+        """Template and tokenize the prompt: once per request (see ``_prompt``)."""
         llm = self._llm
         if request.kind == "completion":
-            return llm.tokenize((request.prompt or "").encode(), add_bos=True, special=False), []
+            return Prompt(llm.tokenize((request.prompt or "").encode(), add_bos=True, special=False), [])
         if self._formatter is None:
             raise UnsupportedError(
                 f"model {self.config.id!r} has no chat template; use /v1/completions", param="model"
@@ -152,14 +165,30 @@ class LlamaCppEngine(Engine):
         stops = (
             formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
         )
-        return llm.tokenize(
-            formatted.prompt.encode(), add_bos=not formatted.added_special, special=True
-        ), stops
+        return Prompt(
+            llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True), stops
+        )
+
+    async def _prompt(self, request: GenerationRequest) -> Prompt:
+        """The request's prompt, rendered at admission and carried on the request to generation.
+
+        A long prompt is rendered on a worker thread (tokenizing costs about 1 ms per 1,000 tokens); a short one
+        inline, where the thread hop would cost as much as the work.
+        """
+        if request.prepared is None:
+            size = len(request.prompt or "") + sum(
+                len(str(m.get("content") or "")) for m in request.messages or ()
+            )
+            if size > INLINE_PROMPT_CHARS:
+                request.prepared = await asyncio.to_thread(self._render, request)
+            else:
+                request.prepared = self._render(request)
+        return request.prepared
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        tokens, _ = self._prompt(request)
-        self._check_context(len(tokens), request.max_tokens)
-        return len(tokens)
+        prompt = await self._prompt(request)
+        self._check_context(len(prompt.tokens), request.max_tokens)
+        return len(prompt.tokens)
 
     def _check_context(self, prompt_tokens: int, max_tokens: int | None) -> None:
         if prompt_tokens + (max_tokens or 1) > self._n_ctx:
@@ -196,7 +225,7 @@ class LlamaCppEngine(Engine):
                 "use tool_choice 'auto' or 'none', or an upstream engine",
                 param="tool_choice",
             )
-        tokens, template_stops = self._prompt(request)
+        tokens, template_stops = await self._prompt(request)
         self._check_context(len(tokens), request.max_tokens)
         grammar = self._grammar(request)
         max_tokens = request.max_tokens or (self._n_ctx - len(tokens))
@@ -214,6 +243,11 @@ class LlamaCppEngine(Engine):
         def work() -> None:
             put = loop.call_soon_threadsafe
             try:
+                # Evaluate the whole prompt from an empty cache: Llama.generate would reuse the cached prefix
+                # of the previous prompt and evaluate only the rest, and a prompt evaluated in other batch
+                # shapes gets other logits (by up to ~1.0 for SmolLM2 Q4_1: other ggml kernels), which at
+                # temperature 1 changes the sampled text: a seed would not reproduce.
+                self._llm.reset()
                 stream = self._llm.create_completion(
                     tokens,
                     max_tokens=max_tokens,

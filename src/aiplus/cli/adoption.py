@@ -68,13 +68,13 @@ def adoption_report(args: argparse.Namespace) -> None:
 
 @command
 def adoption_chart(args: argparse.Namespace) -> None:
-    from aiplus.adoption.charts import write_chart
+    from aiplus.adoption.charts import chart_path, write_chart
 
-    report = _report(args)
     try:
-        path = write_chart(report, args.out)
-    except ValueError as exc:  # not .png or .svg
+        out = chart_path(args.out)
+    except ValueError as exc:
         raise UserError(str(exc), 2) from None
+    path = write_chart(_report(args), out)
     print(f"chart written to {path}")
 
 

@@ -77,3 +77,34 @@ def test_a_tier_change_applies_on_the_next_request(redis_server, capsys):
     for tier, expected in (("standard", 200), ("closed", 429), ("standard", 200)):
         assert aiplus("orgs", "update", "village-school", "--tier", tier).code == 0
         assert status() == expected, f"after the change to {tier}"
+
+
+def test_the_admin_api_signals_other_servers_the_same_way(redis_server, tmp_path):
+    """PATCH /admin/orgs and DELETE /admin/keys on one server apply on another at its next request."""
+    prefix = redis_server.env["AIPLUS_REDIS_PREFIX"]
+    other = start_server(
+        tmp_path,
+        f'redis_url = "{REDIS_URL}"\n{TIERS}',
+        env={"AIPLUS_REDIS_PREFIX": prefix},
+        data_dir=redis_server.data_dir,
+    )
+    try:
+        made = redis_server.new_org("Harbour Office", tier="closed", sector="transport")
+        headers = {"authorization": f"Bearer {made['key']}"}
+        body = {
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 1,
+        }
+        with (
+            redis_server.admin() as admin,
+            httpx.Client(base_url=other.v1, headers=headers, timeout=120) as there,
+        ):
+            assert there.post("/chat/completions", json=body).status_code == 429
+            for tier, expected in (("standard", 200), ("closed", 429)):
+                assert admin.patch(f"/admin/orgs/{made['org']['id']}", json={"tier": tier}).status_code == 200
+                assert there.post("/chat/completions", json=body).status_code == expected, f"after {tier}"
+            assert admin.delete(f"/admin/keys/{made['key_id']}").status_code == 200
+            assert there.get("/usage").status_code == 401
+    finally:
+        other.stop()

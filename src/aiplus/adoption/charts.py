@@ -40,11 +40,17 @@ def _draw_group(ax, report: Report, group: GroupReport, color, *, total: bool = 
         )
 
 
-def write_chart(report: Report, out: str | Path) -> Path:
-    """Write the chart; the format follows the file name (``.png`` or ``.svg``)."""
+def chart_path(out: str | Path) -> Path:
+    """The chart's file, whose name sets the format; ValueError unless it ends in ``.png`` or ``.svg``."""
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"chart file must end in {' or '.join(FORMATS)}, not {path.name!r}")
+    return path
+
+
+def write_chart(report: Report, out: str | Path) -> Path:
+    """Write the chart; the format follows the file name (``.png`` or ``.svg``)."""
+    path = chart_path(out)
     fig, ax = plt.subplots(figsize=(13, 7.5), layout="constrained")
     try:
         colors = plt.get_cmap("tab20").colors

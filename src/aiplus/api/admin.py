@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from aiplus.api.errors import APIError, from_tenancy
 from aiplus.metering.usage import parse_day, query_usage, totals
+from aiplus.tenancy import changes
 from aiplus.tenancy.auth import Principal
 from aiplus.tenancy.errors import AuthUnavailable, TenancyError
 from aiplus.tenancy.keys import create_key, list_keys
@@ -168,8 +169,12 @@ async def get_org(org_id: str, request: Request) -> Response:
 @admin.patch("/orgs/{org_id}", summary="Change an organization's tier (or name, region, head count)")
 async def patch_org(org_id: str, body: OrgUpdate, request: Request) -> Response:
     try:
-        org = await request.app.state.authenticator.update_org(
-            org_id, request.app.state.settings.tiers, **body.model_dump(exclude_none=True)
+        org = await changes.update_org(
+            request.app.state.db,
+            request.app.state.authenticator.signal,
+            org_id,
+            tiers=request.app.state.settings.tiers,
+            **body.model_dump(exclude_none=True),
         )
     except TenancyError as exc:
         raise from_tenancy(exc) from None
@@ -198,7 +203,7 @@ async def get_keys(org_id: str, request: Request) -> Response:
 @admin.delete("/keys/{key_id}", summary="Revoke an API key (every server rejects it at once)")
 async def delete_key(key_id: str, request: Request) -> Response:
     try:
-        key = await request.app.state.authenticator.revoke(key_id)
+        key = await changes.revoke_key(request.app.state.db, request.app.state.authenticator.signal, key_id)
     except TenancyError as exc:
         raise from_tenancy(exc) from None
     return _json({**key_object(key), "revoked": True})

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from aiplus.config import TierConfig
+from aiplus.tenancy import changes
 from aiplus.tenancy.errors import AuthUnavailable
-from aiplus.tenancy.keys import KEY_PREFIX, key_digest, lookup_digest, revoke_key
-from aiplus.tenancy.orgs import update_org
+from aiplus.tenancy.keys import KEY_PREFIX, key_digest, lookup_digest
 from aiplus.tenancy.secrets import auth_version
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Authenticator:
         self._secret = secret
         self._weights = {t.name: t.weight for t in tiers}
         self._redis = redis
-        self._version_key = f"{redis_prefix}auth:version"
+        self._version_key = changes.version_key(redis_prefix)
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._poll_interval = poll_interval
@@ -89,7 +89,8 @@ class Authenticator:
         if revocation not in ("strict", "pubsub"):
             raise ValueError("revocation must be 'strict' (one Redis GET per request) or 'pubsub'")
         self._strict = revocation == "strict"
-        self._channel = f"{redis_prefix}auth:changed"
+        self._channel = changes.channel(redis_prefix)
+        self.signal = changes.Signal(redis, redis_prefix, forget=self._forget)  # pass to tenancy.changes
         self._poller: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
 
@@ -251,35 +252,12 @@ class Authenticator:
         """Revalidate every cached key on its next use (after any change to keys or orgs)."""
         self._epoch += 1
 
-    async def signal(self) -> None:
-        """Tell every process that keys or orgs changed; call after committing such a change."""
+    def _forget(self, digest: str | None) -> None:
+        """A change was committed here: drop ``digest`` and revalidate every other cached key."""
+        if digest is not None:
+            self._cache.pop(digest, None)
         self.invalidate()
-        if self._redis is not None:
-            try:
-                await self._redis.incr(self._version_key)
-                await self._redis.publish(self._channel, "changed")
-            except Exception as exc:
-                log.warning("auth: cannot signal Redis (%s); other processes see the change by polling", exc)
 
     async def revoke(self, key_id: str) -> dict:
-        """Revoke a key in the database and make every process reject it from now on."""
-
-        def _revoke() -> tuple[dict, str]:
-            with self._engine.begin() as conn:
-                return revoke_key(conn, key_id)
-
-        key, digest = await asyncio.to_thread(_revoke)
-        self._cache.pop(digest, None)
-        await self.signal()
-        return key
-
-    async def update_org(self, org_id: str, tiers: Sequence[TierConfig], **changes) -> dict:
-        """Change an org (e.g. its tier) and refresh the principals of its keys everywhere."""
-
-        def _update() -> dict:
-            with self._engine.begin() as conn:
-                return update_org(conn, org_id, tiers=tiers, **changes)
-
-        org = await asyncio.to_thread(_update)
-        await self.signal()
-        return org
+        """``tenancy.changes.revoke_key`` with this authenticator's signal."""
+        return await changes.revoke_key(self._engine, self.signal, key_id)

@@ -1,0 +1,38 @@
+"""``aiplus demo seed``: a synthetic region (register, tenant orgs, keys, usage) to try the adoption report with."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from aiplus.cli.shell import UserError, add_config_option, command, load_settings, open_database
+
+
+@command
+def demo_seed(args: argparse.Namespace) -> None:
+    from aiplus.adoption.demo import seed_demo
+
+    if args.orgs < 1 or args.months < 1:
+        raise UserError("--orgs and --months must be at least 1", 2)
+    settings, engine = load_settings(args), open_database(args)
+    started = time.perf_counter()
+    try:
+        done = seed_demo(engine, settings, orgs=args.orgs, months=args.months, seed=args.seed)
+    except ValueError as exc:  # e.g. a demo region is there already
+        raise UserError(str(exc)) from None
+    print(
+        f"demo region: {done['register']:,} register orgs, {done['tenants']:,} tenant orgs with a key each, "
+        f"{done['events']:,} usage events {done['first_month']}..{done['last_month']} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    print("next: aiplus adoption report   and   aiplus adoption chart adoption.png")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="synthetic data to try aiplus with")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True)
+    p = demo_sub.add_parser("seed", help="a synthetic region: register, tenant orgs, keys and usage events")
+    p.add_argument("--orgs", type=int, default=5000, help="organizations in the register (default 5000)")
+    p.add_argument("--months", type=int, default=24, help="months of usage, ending last month (default 24)")
+    p.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same region")
+    add_config_option(p).set_defaults(func=demo_seed)

@@ -278,8 +278,12 @@ def load_settings(
 
 
 def _check_server(settings: Settings) -> None:
-    env = {name: var for var, (name, _cast) in _ENV_SCALARS.items()}
-    where = lambda name: f"[server] {name} (or {env[name]})"  # noqa: E731
+    """The [server] values that have a fixed set of choices or a shape; errors name the key and its variable."""
+    variables = {name: var for var, (name, _cast) in _ENV_SCALARS.items()}
+
+    def where(name: str) -> str:
+        return f"[server] {name} (or {variables[name]})"
+
     prefix = settings.redis_prefix
     if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix):
         raise ConfigError(

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -96,3 +97,24 @@ async def test_prefix_and_mode_decide_which_servers_hear_a_revocation(db_and_url
         assert await answers(apart) == 200  # another prefix: another deployment, never told
         version = await client.get(f"{other}auth:version")
         assert version is None and await client.exists(f"{shared}auth:version")
+
+
+def test_aiplus_serve_takes_prefix_and_mode_from_the_environment(tmp_path):
+    """The settings reach a real ``aiplus serve``: it listens for revocations on its prefix's channel only."""
+    import redis as sync_redis
+
+    from tests.conftest import start_server
+
+    prefix = f"aiplus-test:{uuid.uuid4().hex[:12]}:"
+    env = {"AIPLUS_REDIS_URL": REDIS_URL, "AIPLUS_REDIS_PREFIX": prefix, "AIPLUS_REVOCATION": "pubsub"}
+    server = start_server(tmp_path, '[[models]]\nid = "sim"\nengine = "simulated"\n', env=env)
+    try:
+        with sync_redis.Redis.from_url(REDIS_URL) as client:
+            deadline = time.monotonic() + 30
+            while not client.pubsub_channels(f"{prefix}*"):
+                assert time.monotonic() < deadline, "the server never subscribed under its prefix"
+                time.sleep(0.05)
+            (channel,) = client.pubsub_channels(f"{prefix}*")
+            assert client.pubsub_numsub(channel) == [(channel, 1)]
+    finally:
+        server.stop()

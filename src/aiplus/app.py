@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -18,12 +18,11 @@ from starlette.types import Receive, Scope, Send
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import openai as openai_api
+from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
-from aiplus.api.serving import ClientGone, ModelRuntime, Runtime
+from aiplus.api.serving import ClientGone
 from aiplus.config import Settings
-from aiplus.engines import create_engine
 from aiplus.metrics import INFLIGHT
-from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.services import start_services, stop_services
 
 log = logging.getLogger("aiplus")
@@ -73,42 +72,10 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
 
 
 async def _metrics(request: Request) -> Response:
-    for model_id, model in request.app.state.runtime.models.items():
+    for model_id, model in request.app.state.services.models.items():
         for replica, n in enumerate(model.engine.inflight() or [model.dispatcher.queue.in_flight]):
             INFLIGHT.labels(model_id, str(replica)).set(n)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _build_models(settings: Settings) -> dict[str, ModelRuntime]:
-    if settings.workers > 1 and not settings.redis_url:
-        log.warning(
-            "%d workers without redis_url: each enforces the rate limits and quotas on its own, so an "
-            "organization can use up to %d times its limits; set AIPLUS_REDIS_URL",
-            settings.workers,
-            settings.workers,
-        )
-    models: dict[str, ModelRuntime] = {}
-    sched = settings.scheduling
-    for config in settings.models:
-        engine = create_engine(config)
-        await engine.start()
-        # workers share remote replicas: each schedules its part of their budget
-        share = settings.workers if engine.remote and settings.workers > 1 else 1
-        tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None
-        dispatcher = Dispatcher(
-            config.id,
-            max(1, -(-engine.capacity // share)),
-            policy=sched.policy,
-            w_in=sched.w_in,
-            w_out=sched.w_out,
-            queue_timeout_s=sched.queue_timeout_s,
-            max_inflight_tokens=max(1, -(-tokens // share)) if tokens else None,
-        )
-        models[config.id] = ModelRuntime(config, engine, dispatcher)
-        log.info(
-            "model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity
-        )
-    return models
 
 
 class Gateway:
@@ -118,7 +85,6 @@ class Gateway:
 
     def __init__(self, app: FastAPI, routes: list[Route]):
         self.app = app
-        self.state = app.state
         self._fast = {route.path: route for route in routes if "{" not in route.path}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,23 +111,17 @@ class Gateway:
         await response(scope, receive, send)
 
 
-def create_app(settings: Settings) -> Gateway:
+def create_app(settings: Settings, *, say: Callable[[str], None] | None = print) -> Gateway:
+    """The whole app: every route with its exception handlers; its lifespan starts the services (``say`` prints
+    the first start's admin token and demo key) and holds them in ``app.state.services``, the one place routes
+    reach them."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        services = await start_services(settings)
-        models = await _build_models(settings)
-        runtime = Runtime(settings, models, services)
-        app.state.runtime = runtime
-        app.state.settings = settings
-        app.state.db = services.db
-        app.state.services = services
-        app.state.authenticator = services.authenticator
-        app.state.limiter = services.limiter
-        app.state.ledger = services.ledger
+        app.state.services = services = await start_services(settings, say=say)
         try:
             yield
         finally:
-            await asyncio.gather(*(m.engine.close() for m in models.values()), return_exceptions=True)
             await stop_services(services)
 
     app = FastAPIOffline(  # FastAPI whose /docs page ships its own assets: no CDN on an offline machine
@@ -173,9 +133,7 @@ def create_app(settings: Settings) -> Gateway:
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
-    app.include_router(
-        adoption_api.router, tags=["adoption"], dependencies=[admin_api.require_admin_dependency]
-    )
+    app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)

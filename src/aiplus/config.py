@@ -27,6 +27,7 @@ SECTORS = (
 )
 
 ENGINE_KINDS = ("llamacpp", "openai", "simulated")
+REVOCATION_MODES = ("strict", "pubsub")
 REASONING_KINDS = (None, "deepseek-r1")
 
 
@@ -126,11 +127,12 @@ class Settings:
     data_dir: str = "~/.local/share/aiplus"
     database_url: str | None = None  # default: SQLite under data_dir
     redis_url: str | None = None
+    redis_prefix: str = "aiplus:"  # every Redis key starts with it: deployments sharing a Redis stay apart
+    revocation: str = "strict"  # how other processes hear of a revocation through Redis: see tenancy/auth.py
     admin_token: str | None = None
     secret: str | None = None  # HMAC key for API keys; generated and stored under data_dir when unset
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
-    auth: bool = True
     models: tuple[ModelConfig, ...] = ()
     tiers: tuple[TierConfig, ...] = DEFAULT_TIERS
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
@@ -169,6 +171,8 @@ _ENV_SCALARS = {
     "AIPLUS_DATA_DIR": ("data_dir", str),
     "AIPLUS_DATABASE_URL": ("database_url", str),
     "AIPLUS_REDIS_URL": ("redis_url", str),
+    "AIPLUS_REDIS_PREFIX": ("redis_prefix", str),
+    "AIPLUS_REVOCATION": ("revocation", str),
     "AIPLUS_ADMIN_TOKEN": ("admin_token", str),
     "AIPLUS_SECRET": ("secret", str),
     "AIPLUS_MAX_BODY_BYTES": ("max_body_bytes", int),
@@ -267,6 +271,27 @@ def load_settings(
         },
         "[server]",
     )
+    _check_server(settings)
     if not settings.models:
         settings = replace(settings, models=(ModelConfig(id=DEFAULT_MODEL_ID, engine="llamacpp"),))
     return settings
+
+
+def _check_server(settings: Settings) -> None:
+    """The [server] values that have a fixed set of choices or a shape; errors name the key and its variable."""
+    variables = {name: var for var, (name, _cast) in _ENV_SCALARS.items()}
+
+    def where(name: str) -> str:
+        return f"[server] {name} (or {variables[name]})"
+
+    prefix = settings.redis_prefix
+    if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix):
+        raise ConfigError(
+            f"{where('redis_prefix')}: must be a non-empty string without spaces, such as 'aiplus:', "
+            f"not {prefix!r}"
+        )
+    if settings.revocation not in REVOCATION_MODES:
+        raise ConfigError(
+            f"{where('revocation')}: must be 'strict' (one Redis GET per request) or 'pubsub' (a published "
+            f"message, no per-request round trip), not {settings.revocation!r}"
+        )

@@ -1,24 +1,30 @@
-"""The long-lived services behind the HTTP edges, started and stopped with the app (see ``app.py``).
+"""The long-lived services behind the HTTP edges, held once per app in ``Services`` (``app.state.services``).
 
-Start order matters: the ledger replays journaled events before the limiter reads monthly usage.
+``start_services`` opens them in order (the ledger replays journaled events before the limiter reads monthly
+usage; the models come last), ``stop_services`` closes them in reverse. Routes reach them only through
+``request.app.state.services``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
+from aiplus.api.serving import ModelRuntime
 from aiplus.config import Settings
+from aiplus.engines import create_engine as create_model_engine
 from aiplus.metering.ledger import Ledger
 from aiplus.metering.tariffs import Tariff
+from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.scheduling.limits import Limiter, create_limiter
 from aiplus.storage.db import create_engine, migrate
-from aiplus.storage.redis import DEFAULT_PREFIX, create_redis, key_prefix
+from aiplus.storage.redis import create_redis
 from aiplus.tenancy.auth import Authenticator
 from aiplus.tenancy.bootstrap import bootstrap
 from aiplus.tenancy.secrets import AdminAuth
@@ -36,10 +42,11 @@ class Services:
     limiter: Limiter
     ledger: Ledger
     tariff: Tariff
+    models: dict[str, ModelRuntime] = field(default_factory=dict)
     redis: Any = None
-    redis_prefix: str = DEFAULT_PREFIX
     admin_token: str | None = None  # generated at this start (already printed)
     demo_key: str | None = None  # created at this start (already printed)
+    started: int = field(default_factory=lambda: int(time.time()))
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     def background(self, coro: Coroutine) -> None:
@@ -54,25 +61,26 @@ class Services:
             log.error("background task failed", exc_info=task.exception())
 
 
-async def start_services(
-    settings: Settings,
-    *,
-    say: Callable[[str], None] | None = print,
-    redis_prefix: str | None = None,
-) -> Services:
-    """Open the database (migrated), bootstrap secrets and the demo org, start ledger, auth and limits."""
-    redis_prefix = redis_prefix or key_prefix()
+async def start_services(settings: Settings, *, say: Callable[[str], None] | None = print) -> Services:
+    """Open the database (migrated), bootstrap secrets and the demo org, start ledger, auth, limits and models."""
     db = create_engine(settings.db_url)
     await asyncio.to_thread(migrate, db)
     boot = await asyncio.to_thread(bootstrap, db, settings, say)
     redis = create_redis(settings.redis_url) if settings.redis_url else None
     ledger = Ledger(db, settings.data_path)
     await ledger.start()
-    authenticator = Authenticator(db, boot.secret, settings.tiers, redis=redis, redis_prefix=redis_prefix)
+    authenticator = Authenticator(
+        db,
+        boot.secret,
+        settings.tiers,
+        redis=redis,
+        redis_prefix=settings.redis_prefix,
+        revocation=settings.revocation,
+    )
     await authenticator.start()
-    limiter = create_limiter(settings, engine=db, redis=redis, prefix=redis_prefix)
+    limiter = create_limiter(settings, engine=db, redis=redis, prefix=settings.redis_prefix)
     await limiter.start()
-    return Services(
+    services = Services(
         settings=settings,
         db=db,
         secret=boot.secret,
@@ -82,14 +90,50 @@ async def start_services(
         ledger=ledger,
         tariff=Tariff(settings.prices, settings.tiers),
         redis=redis,
-        redis_prefix=redis_prefix,
         admin_token=boot.admin_token,
         demo_key=boot.demo_key,
     )
+    try:
+        await _start_models(settings, services.models)
+    except BaseException:
+        await stop_services(services)
+        raise
+    return services
+
+
+async def _start_models(settings: Settings, models: dict[str, ModelRuntime]) -> None:
+    if settings.workers > 1 and not settings.redis_url:
+        log.warning(
+            "%d workers without redis_url: each enforces the rate limits and quotas on its own, so an "
+            "organization can use up to %d times its limits; set AIPLUS_REDIS_URL",
+            settings.workers,
+            settings.workers,
+        )
+    sched = settings.scheduling
+    for config in settings.models:
+        engine = create_model_engine(config)
+        await engine.start()
+        # workers share remote replicas: each schedules its part of their budget
+        share = settings.workers if engine.remote and settings.workers > 1 else 1
+        tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None
+        dispatcher = Dispatcher(
+            config.id,
+            max(1, -(-engine.capacity // share)),
+            policy=sched.policy,
+            w_in=sched.w_in,
+            w_out=sched.w_out,
+            queue_timeout_s=sched.queue_timeout_s,
+            max_inflight_tokens=max(1, -(-tokens // share)) if tokens else None,
+        )
+        models[config.id] = ModelRuntime(config, engine, dispatcher)
+        log.info(
+            "model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity
+        )
 
 
 async def stop_services(services: Services) -> None:
-    """Let pending settles finish, flush the ledger, close connections."""
+    """Close the models, let pending settles finish, flush the ledger, close connections."""
+    await asyncio.gather(*(m.engine.close() for m in services.models.values()), return_exceptions=True)
     if services._tasks:
         await asyncio.wait(list(services._tasks), timeout=10)
     await services.limiter.close()

@@ -4,19 +4,18 @@ import csv
 import io
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from rich.console import Console
 
 from aiplus.adoption.charts import write_chart
 from aiplus.adoption.demo import seed_demo
 from aiplus.adoption.report import build_report, to_csv, to_rich_table
-from aiplus.api.adoption import router
-from aiplus.api.errors import APIError
+from aiplus.app import create_app
 from aiplus.cli import main
 from aiplus.config import SECTORS, load_settings
 from aiplus.storage.tables import api_keys, orgs, register_orgs, usage_daily, usage_events
@@ -159,17 +158,17 @@ def test_cli_registry_report_chart_and_demo(tmp_path, capsys):
     assert (tmp_path / "a.svg").stat().st_size > 0
 
 
-def test_admin_adoption_endpoint(demo, settings):
+def test_admin_adoption_endpoint(demo, settings, tmp_path):
     engine, _ = demo
-    app = FastAPI()
-
-    @app.exception_handler(APIError)
-    async def api_error(_request, exc: APIError):
-        return exc.to_response()
-
-    app.include_router(router)
-    app.state.db, app.state.settings = engine, settings
-    with TestClient(app) as client:
+    settings = replace(
+        settings,
+        database_url=engine.url.render_as_string(hide_password=False),
+        data_dir=str(tmp_path / "data"),
+        admin_token="test-admin-token",
+        models=(),
+    )
+    app = create_app(settings, say=None)
+    with TestClient(app, headers={"Authorization": "Bearer test-admin-token"}) as client:
         body = client.get(
             "/admin/adoption", params={"by": "region", "as_of": "2026-11-15", "band": "false"}
         ).json()
@@ -181,3 +180,4 @@ def test_admin_adoption_endpoint(demo, settings):
         bad = client.get("/admin/adoption", params={"by": "planet"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "by"
         assert client.get("/admin/adoption", params={"as_of": "soon"}).status_code == 400
+        assert client.get("/admin/adoption", headers={"Authorization": ""}).status_code == 401

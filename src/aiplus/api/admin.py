@@ -12,73 +12,17 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from aiplus.api.auth import require_admin_dependency, require_principal
 from aiplus.api.errors import APIError, from_tenancy
 from aiplus.metering.usage import parse_day, query_usage, totals
 from aiplus.tenancy import changes
 from aiplus.tenancy.auth import Principal
-from aiplus.tenancy.errors import AuthUnavailable, TenancyError
+from aiplus.tenancy.errors import TenancyError
 from aiplus.tenancy.keys import create_key, list_keys
 from aiplus.tenancy.orgs import create_org, list_orgs, require_org
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-# Declared for the OpenAPI docs' "Authorize" button; the checks below make their own OpenAI-style errors.
-admin_scheme = HTTPBearer(
-    auto_error=False, scheme_name="admin token", description="the admin token (aipadm_...)"
-)
-key_scheme = HTTPBearer(
-    auto_error=False, scheme_name="API key", description="an organization's key (aip_...)"
-)
-
-
-async def require_admin(request: Request, _creds: Any = Depends(admin_scheme)) -> None:
-    """Only the admin token passes; organization API keys never do."""
-    token = _bearer(request)
-    if token is None:
-        raise APIError(
-            401, "Admin routes need 'Authorization: Bearer <admin token>'.", code="missing_api_key"
-        )
-    if token.startswith("aip_"):
-        raise APIError(
-            403, "Organization API keys cannot use /admin routes; use the admin token.", code="admin_only"
-        )
-    if not request.app.state.services.admin.check(token):
-        raise APIError(401, "Incorrect admin token.", code="invalid_api_key")
-
-
-require_admin_dependency = Depends(require_admin)
-
-
-async def require_principal(request: Request, _creds: Any = Depends(key_scheme)) -> Principal:
-    """The organization behind the request's API key (401 otherwise), through the hot-path Authenticator."""
-    token = _bearer(request)
-    if token is None:
-        raise APIError(
-            401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer aip_...'.",
-            type="invalid_request_error",
-            code="missing_api_key",
-        )
-    try:
-        principal = await request.app.state.authenticator.authenticate(token)
-    except AuthUnavailable as exc:
-        raise APIError(503, f"{exc}; retry shortly.", code="service_unavailable") from None
-    if principal is None:
-        raise APIError(
-            401,
-            "Incorrect, expired or revoked API key.",
-            type="invalid_request_error",
-            code="invalid_api_key",
-        )
-    return principal
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -102,7 +46,7 @@ def key_object(key: dict) -> dict:
 
 async def _db(request: Request, fn: Callable, *args, **kwargs) -> Any:
     """Run a service function in a transaction off the event loop; tenancy failures become API errors."""
-    engine = request.app.state.db
+    engine = request.app.state.services.db
 
     def call():
         with engine.begin() as conn:
@@ -150,7 +94,7 @@ async def post_org(body: OrgCreate, request: Request) -> Response:
         region=body.region,
         employees=body.employees,
         org_id=body.id,
-        tiers=request.app.state.settings.tiers,
+        tiers=request.app.state.services.settings.tiers,
     )
     return _json(org_object(org), 201)
 
@@ -169,11 +113,12 @@ async def get_org(org_id: str, request: Request) -> Response:
 @admin.patch("/orgs/{org_id}", summary="Change an organization's tier (or name, region, head count)")
 async def patch_org(org_id: str, body: OrgUpdate, request: Request) -> Response:
     try:
+        services = request.app.state.services
         org = await changes.update_org(
-            request.app.state.db,
-            request.app.state.authenticator.signal,
+            services.db,
+            services.authenticator.signal,
             org_id,
-            tiers=request.app.state.settings.tiers,
+            tiers=services.settings.tiers,
             **body.model_dump(exclude_none=True),
         )
     except TenancyError as exc:
@@ -203,7 +148,8 @@ async def get_keys(org_id: str, request: Request) -> Response:
 @admin.delete("/keys/{key_id}", summary="Revoke an API key (every server rejects it at once)")
 async def delete_key(key_id: str, request: Request) -> Response:
     try:
-        key = await changes.revoke_key(request.app.state.db, request.app.state.authenticator.signal, key_id)
+        services = request.app.state.services
+        key = await changes.revoke_key(services.db, services.authenticator.signal, key_id)
     except TenancyError as exc:
         raise from_tenancy(exc) from None
     return _json({**key_object(key), "revoked": True})

@@ -41,8 +41,8 @@ async def adoption_report(
             day = date.fromisoformat(as_of)
         except ValueError:
             raise APIError(400, f"as_of must be a date YYYY-MM-DD, not {as_of!r}", param="as_of") from None
-    engine = request.app.state.db
-    settings = request.app.state.settings
+    engine = request.app.state.services.db
+    settings = request.app.state.services.settings
 
     def build() -> dict:
         with engine.connect() as conn:

@@ -7,7 +7,7 @@ Handlers are plain Starlette endpoints (no dependency-injection layer on the hot
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -16,9 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aiplus import protocol
+from aiplus.api.auth import authenticate
 from aiplus.api.errors import APIError
-from aiplus.api.serving import Call, Runtime, json_response
+from aiplus.api.serving import Call, find_model, json_response
 from aiplus.engines.base import GenerationRequest
+
+if TYPE_CHECKING:
+    from aiplus.services import Services
 
 
 def _param(loc: tuple) -> str:
@@ -117,10 +121,10 @@ _COMPLETION_FIELDS = frozenset(
 
 
 async def chat_completions(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    data = await read_json(request, runtime.settings.max_body_bytes)
+    services: Services = request.app.state.services
+    data = await read_json(request, services.settings.max_body_bytes)
     body: protocol.ChatCompletionRequest = parse(protocol.ChatCompletionRequest, data)
-    call = await Call.open(runtime, request, body.model, "chat")
+    call = await Call.open(services, request, body.model, "chat")
     gen = GenerationRequest(
         request_id=call.request_id,
         model=body.model,
@@ -141,10 +145,10 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def completions(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    data = await read_json(request, runtime.settings.max_body_bytes)
+    services: Services = request.app.state.services
+    data = await read_json(request, services.settings.max_body_bytes)
     body: protocol.CompletionRequest = parse(protocol.CompletionRequest, data)
-    call = await Call.open(runtime, request, body.model, "completion")
+    call = await Call.open(services, request, body.model, "completion")
     gen = GenerationRequest(
         request_id=call.request_id,
         model=body.model,
@@ -162,45 +166,43 @@ async def completions(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    data = await read_json(request, runtime.settings.max_body_bytes)
+    services: Services = request.app.state.services
+    data = await read_json(request, services.settings.max_body_bytes)
     body: protocol.EmbeddingRequest = parse(protocol.EmbeddingRequest, data)
     if body.dimensions is not None:
         raise APIError(
             400, "this model does not support 'dimensions'", param="dimensions", code="unsupported_parameter"
         )
-    call = await Call.open(runtime, request, body.model, "embedding")
+    call = await Call.open(services, request, body.model, "embedding")
     return await call.embed(body.inputs, body.encoding_format)
 
 
 async def list_models(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    principal = await runtime.authenticate(request)
-    allowed = principal.models if principal else None
+    services: Services = request.app.state.services
+    allowed = (await authenticate(request)).models
     data = [
-        protocol.model_card(m.config.id, runtime.started)
-        for m in runtime.models.values()
+        protocol.model_card(m.config.id, services.started)
+        for m in services.models.values()
         if allowed is None or m.config.id in allowed
     ]
     return json_response({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    principal = await runtime.authenticate(request)
-    model = runtime.model(request.path_params["model"], principal)
-    return json_response(protocol.model_card(model.config.id, runtime.started))
+    services: Services = request.app.state.services
+    model = find_model(services, request.path_params["model"], await authenticate(request))
+    return json_response(protocol.model_card(model.config.id, services.started))
 
 
 async def healthz(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    models = {mid: ("ok" if m.engine.healthy() else "unavailable") for mid, m in runtime.models.items()}
+    services: Services = request.app.state.services
+    models = {mid: ("ok" if m.engine.healthy() else "unavailable") for mid, m in services.models.items()}
     ok = all(v == "ok" for v in models.values())
     return json_response(
         {
             "status": "ok" if ok else "degraded",
             "models": models,
-            "uptime_s": int(time.time() - runtime.started),
+            "uptime_s": int(time.time() - services.started),
         },
         status=200 if ok else 503,
     )

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -25,9 +25,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from aiplus import protocol
-from aiplus.api.admin import require_principal
+from aiplus.api.auth import authenticate
 from aiplus.api.errors import APIError
-from aiplus.config import ModelConfig, Settings
+from aiplus.config import ModelConfig
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
 from aiplus.metering.events import UsageEvent
@@ -35,6 +35,9 @@ from aiplus.metrics import TOKENS_SERVED
 from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
 from aiplus.scheduling.limits import RateLimited
 from aiplus.tenancy.auth import Principal
+
+if TYPE_CHECKING:  # the container is built a room above (services.py); here only its attributes are read
+    from aiplus.services import Services
 
 log = logging.getLogger("aiplus")
 JSON = "application/json"
@@ -62,34 +65,19 @@ class ModelRuntime:
     dispatcher: Dispatcher
 
 
-class Runtime:
-    """What the serving path needs, built once at start-up (see ``app.py``)."""
-
-    def __init__(self, settings: Settings, models: dict[str, ModelRuntime], services: Any):
-        self.settings = settings
-        self.models = models
-        self.services = services
-        self.authenticator = services.authenticator
-        self.limiter = services.limiter
-        self.ledger = services.ledger
-        self.tariff = services.tariff
-        self.started = int(time.time())
-
-    async def authenticate(self, request: Request) -> Principal:
-        return await require_principal(request)
-
-    def model(self, model_id: str, principal: Principal | None) -> ModelRuntime:
-        model = self.models.get(model_id)
-        if model is None or (
-            principal is not None and principal.models is not None and model_id not in principal.models
-        ):
-            raise APIError(
-                404,
-                f"The model '{model_id}' does not exist or you do not have access to it.",
-                param="model",
-                code="model_not_found",
-            )
-        return model
+def find_model(services: Services, model_id: str, principal: Principal | None) -> ModelRuntime:
+    """The served model ``model_id`` if this principal may use it; 404 otherwise (as OpenAI answers)."""
+    model = services.models.get(model_id)
+    if model is None or (
+        principal is not None and principal.models is not None and model_id not in principal.models
+    ):
+        raise APIError(
+            404,
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return model
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -219,16 +207,16 @@ class Call:
         "request",
         "request_id",
         "reservation",
-        "runtime",
+        "services",
         "started",
         "started_at",
         "used_tools",
     )
 
     def __init__(
-        self, runtime: Runtime, request: Request, principal: Principal, model: ModelRuntime, endpoint: str
+        self, services: Services, request: Request, principal: Principal, model: ModelRuntime, endpoint: str
     ):
-        self.runtime = runtime
+        self.services = services
         self.request = request
         self.principal = principal
         self.model = model
@@ -246,9 +234,9 @@ class Call:
         self.headers: dict[str, str] = {"x-request-id": self.request_id}
 
     @classmethod
-    async def open(cls, runtime: Runtime, request: Request, model_id: str, endpoint: str) -> Call:
-        principal = await runtime.authenticate(request)
-        return cls(runtime, request, principal, runtime.model(model_id, principal), endpoint)
+    async def open(cls, services: Services, request: Request, model_id: str, endpoint: str) -> Call:
+        principal = await authenticate(request)
+        return cls(services, request, principal, find_model(services, model_id, principal), endpoint)
 
     # admission ---------------------------------------------------------------------------------------------
 
@@ -293,7 +281,7 @@ class Call:
             min(room, DEFAULT_RESERVED_COMPLETION) if room > 0 else DEFAULT_RESERVED_COMPLETION
         )
         try:
-            self.reservation = await self.runtime.limiter.reserve(
+            self.reservation = await self.services.limiter.reserve(
                 self.principal, self.prompt_tokens + completion_budget
             )
         except RateLimited as exc:
@@ -321,7 +309,7 @@ class Call:
             raise APIError(
                 429,
                 f"The model '{self.model.config.id}' is at capacity and your request waited "
-                f"{self.runtime.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
+                f"{self.services.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
                 type="rate_limit_error",
                 code="queue_timeout",
                 headers={"retry-after": str(exc.retry_after)},
@@ -334,25 +322,25 @@ class Call:
         self.finished = True
         if self.lease is not None:
             self.lease.release()
-        runtime = self.runtime
+        services = self.services
         # billed: an answer, or the part of one the client received; not a refusal, a wait, or a failed start
         billed = status == "ok" or self.completion_tokens > 0
         if not billed:
             self.prompt_tokens = self.completion_tokens = 0
         total = self.prompt_tokens + self.completion_tokens
         if self.reservation is not None:
-            pending = runtime.limiter.settle_nowait(self.reservation, total)
+            pending = services.limiter.settle_nowait(self.reservation, total)
             if pending is not None:
-                runtime.services.background(pending)
+                services.background(pending)
         model_id = self.model.config.id
         tier = self.principal.tier
         cost = (
-            runtime.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens)
+            services.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens)
             if total
             else 0
         )
         now = time.perf_counter()
-        runtime.ledger.record(
+        services.ledger.record(
             UsageEvent(
                 request_id=self.request_id,
                 org_id=self.principal.org_id,

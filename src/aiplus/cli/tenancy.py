@@ -26,14 +26,14 @@ def _change(
     args: argparse.Namespace, change: Callable[..., Awaitable[dict]], *params: Any, **changed: Any
 ) -> dict:
     """Run a ``tenancy.changes`` function with a signal that reaches every server sharing this Redis (if any)."""
-    from aiplus.storage.redis import create_redis, key_prefix
+    from aiplus.storage.redis import create_redis
 
     settings, engine = load_settings(args), open_database(args)
 
     async def run() -> dict:
         redis = create_redis(settings.redis_url) if settings.redis_url else None
         try:
-            return await change(engine, changes.Signal(redis, key_prefix()), *params, **changed)
+            return await change(engine, changes.Signal(redis, settings.redis_prefix), *params, **changed)
         finally:
             if redis is not None:
                 await redis.aclose()

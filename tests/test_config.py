@@ -45,4 +45,4 @@ def test_serve_refuses_to_start_with_a_bad_revocation_mode(tmp_path, capsys, mon
     monkeypatch.delenv("AIPLUS_REVOCATION", raising=False)
     assert main(["serve", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "configuration error" in err and "revocation" in err and "'eventually'" in err
+    assert err.startswith("aiplus: error: configuration") and "revocation" in err and "'eventually'" in err

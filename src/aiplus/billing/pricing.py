@@ -1,0 +1,143 @@
+"""Pricing one organization's month: cells of usage -> line items by version × model × block × band, in integers.
+
+How the blocks meet the bands: the month's cumulative tokens (all models, all versions) fill the lifeline
+block first, then the rising blocks; each block's share of the month is laid over every cell (model × band)
+pro rata, the way tiered and time-of-use electricity prices combine on a monthly reading. So a statement does
+not depend on the order events arrived in, and adding usage never lowers it (the block multipliers rise).
+
+Money is exact until one rounding per version: every line's amount is a numerator over one common
+denominator; the version's charge is that sum rounded half up, and the lines share it by largest remainder,
+so they always add up to the charge. Token counts per line are apportioned the same way, rounded down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiplus.billing.tariff import BP, Tariff
+from aiplus.metering.tou import NO_TARIFF
+
+MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One row of the time-of-use rollup for an organization's month."""
+
+    version_id: int
+    model: str
+    band: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int  # the list price metered with the events (used only where no tariff was in force)
+
+
+@dataclass
+class Priced:
+    lines: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    charge_micros: int = 0
+    subsidy_micros: int = 0
+    lifeline_tokens: int = 0
+    lifeline_value_micros: int = 0
+    versions: list[int] = field(default_factory=list)
+
+    @property
+    def net_micros(self) -> int:
+        """What the month's own usage costs the organization: the charge less the sector subsidy."""
+        return self.charge_micros - self.subsidy_micros
+
+
+def price_month(cells: list[Cell], tariffs: dict[int, Tariff], tier: str, sector: str) -> Priced:
+    """Price a month of cells; deterministic (cells are sorted), integers only."""
+    out = Priced()
+    total = sum(c.prompt_tokens + c.completion_tokens for c in cells)
+    out.tokens = total
+    if total <= 0:
+        return out
+    by_version: dict[int, list[Cell]] = {}
+    for cell in sorted(cells, key=lambda c: (c.version_id, c.model, c.band)):
+        by_version.setdefault(cell.version_id, []).append(cell)
+    out.versions = sorted(by_version)
+    for version_id, vcells in sorted(by_version.items()):
+        if version_id == NO_TARIFF or version_id not in tariffs:
+            _list_priced(out, version_id, vcells)
+        else:
+            _tariff_priced(out, version_id, vcells, tariffs[version_id], tier, sector, total)
+    return out
+
+
+def _list_priced(out: Priced, version_id: int, cells: list[Cell]) -> None:
+    for c in cells:
+        out.lines.append(
+            _line(version_id, c, "list price", BP, BP, c.prompt_tokens, c.completion_tokens, c.cost_micros)
+        )
+        out.charge_micros += c.cost_micros
+
+
+def _tariff_priced(
+    out: Priced, version_id: int, cells: list[Cell], tariff: Tariff, tier: str, sector: str, total: int
+) -> None:
+    denominator = total * MTOK * BP * BP
+    segments = [(name, low, high, mult) for name, low, high, mult in tariff.segments(tier)]
+    filled = [
+        max(0, (total if high is None else min(total, high)) - low) for _name, low, high, _m in segments
+    ]
+    lines: list[dict] = []
+    numerators: list[int] = []
+    lifeline_value = 0
+    for c in cells:
+        price = tariff.price(c.model)
+        value = c.prompt_tokens * price.input_per_mtok + c.completion_tokens * price.output_per_mtok
+        band_bp = tariff.band(c.band).multiplier_bp
+        tokens = c.prompt_tokens + c.completion_tokens
+        cumulative = 0
+        before = prompt_before = 0
+        for (name, _low, _high, block_bp), n in zip(segments, filled, strict=True):
+            if n == 0:
+                continue
+            cumulative += n
+            upto = tokens * cumulative // total
+            prompt_upto = c.prompt_tokens * upto // tokens if tokens else 0
+            prompt, completion = prompt_upto - prompt_before, (upto - before) - (prompt_upto - prompt_before)
+            before, prompt_before = upto, prompt_upto
+            numerators.append(value * band_bp * block_bp * n)
+            lines.append(_line(version_id, c, name, block_bp, band_bp, prompt, completion, 0))
+            if name == "lifeline":
+                out.lifeline_tokens += prompt + completion
+                lifeline_value += value * band_bp * BP * n
+    charge = (sum(numerators) + denominator // 2) // denominator
+    amounts = [num // denominator for num in numerators]
+    short = charge - sum(amounts)
+    by_remainder = sorted(range(len(numerators)), key=lambda i: (-(numerators[i] % denominator), i))
+    for i in by_remainder[:short]:
+        amounts[i] += 1
+    for line, amount in zip(lines, amounts, strict=True):
+        line["amount_micros"] = amount
+    out.lines.extend(lines)
+    out.charge_micros += charge
+    out.subsidy_micros += charge * tariff.subsidy_bp.get(sector, 0) // BP
+    out.lifeline_value_micros += (lifeline_value + denominator // 2) // denominator
+
+
+def _line(
+    version_id: int,
+    c: Cell,
+    block: str,
+    block_bp: int,
+    band_bp: int,
+    prompt: int,
+    completion: int,
+    amount: int,
+) -> dict:
+    return {
+        "version": version_id,
+        "model": c.model,
+        "block": block,
+        "band": c.band,
+        "block_multiplier_bp": block_bp,
+        "band_multiplier_bp": band_bp,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "amount_micros": amount,
+    }

@@ -6,7 +6,6 @@ lifeline tier; blocks b1 to 4M ×1.0, b2 to 10M ×1.5, b3 ×2.0; bands valley 0-
 peak 18-23h ×2.0 in Asia/Shanghai (UTC+8); subsidy education 50%, healthcare 25% (50% from Nov 16).
 """
 
-from datetime import date
 
 import pytest
 import sqlalchemy as sa
@@ -15,27 +14,7 @@ from aiplus.billing.errors import BillingError, Conflict
 from aiplus.billing.statements import close_month, document_bytes, statement, statements
 from aiplus.storage.tables import usage_tou
 
-from .conftest import add_org, adopt, event, tariff_text, utc, write
-
-
-@pytest.fixture
-def region(db):
-    adopt(db, tariff_text(), date(2026, 11, 1))
-    adopt(db, tariff_text(input=2_000_000, output=4_000_000, healthcare="0.5"), date(2026, 11, 16))
-    add_org(db, "school", "lifeline", "education")
-    add_org(db, "factory", "standard", "manufacturing")
-    add_org(db, "clinic", "standard", "healthcare")
-    write(
-        db,
-        event("s1", "school", utc(2026, 11, 3, 1), prompt=2_000_000),  # 09:00 local: day
-        event("s2", "school", utc(2026, 11, 4, 20), completion=1_000_000),  # 04:00 on the 5th: valley
-        event("f0", "factory", utc(2026, 10, 31, 16, 30), prompt=2_000_000),  # 00:30 on Nov 1 local: valley
-        event("f1", "factory", utc(2026, 11, 10, 12), prompt=6_000_000),  # 20:00 local: peak
-        event("f2", "factory", utc(2026, 11, 30, 17, 30), prompt=1_000_000),  # 01:30 on Dec 1 local: December
-        event("c1", "clinic", utc(2026, 11, 5, 2), prompt=1_000_000),  # version 1, day
-        event("c2", "clinic", utc(2026, 11, 20, 2), prompt=1_000_000),  # version 2, day
-    )
-    return db
+from .conftest import event, utc, write
 
 
 def _lines(doc):

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
+from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api.errors import APIError
 from aiplus.api.serving import ClientGone, ModelRuntime, Runtime
@@ -173,6 +174,7 @@ def create_app(settings: Settings) -> Gateway:
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
+    app.include_router(billing_api.router)
     app.include_router(
         adoption_api.router, tags=["adoption"], dependencies=[admin_api.require_admin_dependency]
     )

@@ -6,7 +6,6 @@ lifeline tier; blocks b1 to 4M ×1.0, b2 to 10M ×1.5, b3 ×2.0; bands valley 0-
 peak 18-23h ×2.0 in Asia/Shanghai (UTC+8); subsidy education 50%, healthcare 25% (50% from Nov 16).
 """
 
-
 import pytest
 import sqlalchemy as sa
 

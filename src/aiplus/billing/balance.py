@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from aiplus.billing.months import first_day
+from aiplus.billing.months import first_day, parse_month
 from aiplus.billing.pricing import Cell, price_month
 from aiplus.billing.render import money, share
-from aiplus.billing.statements import statements
+from aiplus.billing.statements import current_month, statements
 from aiplus.billing.tariff import HOURS, Tariff
 from aiplus.billing.versions import effective_instant, load_tariff
 from aiplus.config import BillingConfig
@@ -17,8 +17,9 @@ from aiplus.metering.tou import as_utc
 from aiplus.storage.tables import tariff_versions
 
 
-def balance(conn: sa.Connection, month: str, config: BillingConfig) -> dict:
+def balance(conn: sa.Connection, month: str | None, config: BillingConfig) -> dict:
     """Revenue by tier × block, lifeline value by tier, subsidies by sector, totals and affordability."""
+    month = current_month(conn) if month is None else parse_month(month)
     docs = statements(conn, month)
     return balance_of(docs, month, config, _tariff_for(conn, month))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 import sqlalchemy as sa
@@ -40,9 +41,12 @@ class OrgInfo:
     region: str
 
 
-def statements(conn: sa.Connection, month: str, org_id: str | None = None) -> list[dict]:
-    """The month's statements (every organization, or one), closed ones exactly as frozen, sorted by org id."""
-    month = parse_month(month)
+def statements(conn: sa.Connection, month: str | None, org_id: str | None = None) -> list[dict]:
+    """The month's statements (every organization, or one), closed ones exactly as frozen, sorted by org id.
+
+    ``month`` None: the current month in the tariff's time zone.
+    """
+    month = current_month(conn) if month is None else parse_month(month)
     last_closed = _last_closed(conn)
     if last_closed is not None and month <= last_closed:
         return _frozen(conn, month, org_id)
@@ -52,6 +56,17 @@ def statements(conn: sa.Connection, month: str, org_id: str | None = None) -> li
 def statement(conn: sa.Connection, month: str, org_id: str) -> dict:
     """One organization's statement for the month (NotFound for an unknown organization)."""
     return statements(conn, month, org_id)[0]
+
+
+def current_month(conn: sa.Connection, now: datetime | None = None) -> str:
+    """This month in the time zone of the tariff in force (UTC when none is)."""
+    now = now or datetime.now(UTC)
+    zone = "UTC"
+    for start, tariff in sorted(_version_starts(conn), key=lambda v: v[0]):
+        if start <= now:
+            zone = tariff.timezone
+    local = now.astimezone(ZoneInfo(zone))
+    return f"{local.year:04d}-{local.month:02d}"
 
 
 def document_bytes(doc: dict) -> bytes:

@@ -52,8 +52,8 @@ def test_balance_adds_up(region):
     aff = report["affordability"]
     assert aff["cost_micros"] == 416_666 + 1_041_666 + 1_250_004
     assert aff["regions"] == [
-        {"region": "Capital", "income_micros": 1_000_000_000, "share_bp": 27, "affordable": True},
-        {"region": "Poor", "income_micros": 100_000_000, "share_bp": 270, "affordable": False},
+        {"region": "Capital", "income_micros": 1_000_000_000, "share_ppm": 2_708, "affordable": True},
+        {"region": "Poor", "income_micros": 100_000_000, "share_ppm": 27_083, "affordable": False},
     ]
 
 

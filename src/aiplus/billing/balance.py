@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from aiplus.billing.months import first_day, parse_month
 from aiplus.billing.pricing import Cell, price_month
-from aiplus.billing.render import money, share
+from aiplus.billing.render import money, percent_ppm, share
 from aiplus.billing.statements import current_month, statements
 from aiplus.billing.tariff import HOURS, Tariff
 from aiplus.billing.versions import effective_instant, load_tariff
@@ -104,7 +104,7 @@ def affordability(config: BillingConfig, tariff: Tariff | None) -> dict:
         {
             "region": region,
             "income_micros": income,
-            "share_bp": cost * 10_000 // income,
+            "share_ppm": cost * 1_000_000 // income,  # parts per million of the income
             "affordable": cost * 10_000 <= income * config.affordability_target_bp,
         }
         for region, income in config.monthly_income
@@ -150,7 +150,7 @@ def balance_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:
             r["region"],
             money(r["income_micros"]),
             money(aff["cost_micros"]),
-            share(r["share_bp"]),
+            percent_ppm(r["share_ppm"]),
             "yes" if r["affordable"] else "NO",
         ]
         for r in aff["regions"]

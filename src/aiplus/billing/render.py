@@ -41,6 +41,11 @@ def share(bp: int) -> str:
     return f"{whole}%" if rest == 0 else f"{whole}.{rest:02d}%".rstrip("0")
 
 
+def percent_ppm(ppm: int) -> str:
+    """Parts per million as a percentage with four places (27 -> 0.0027%)."""
+    return f"{ppm // 10_000}.{ppm % 10_000:04d}%"
+
+
 def multiplier(bp: int) -> str:
     whole, rest = divmod(bp, 10_000)
     return f"{whole}.{rest:04d}".rstrip("0").rstrip(".") if rest else f"{whole}"

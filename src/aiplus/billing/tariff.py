@@ -174,7 +174,7 @@ def _share_bp(value, field: str, *, at_most: int | None = None) -> int:
     if scaled < 0:
         raise BillingError(f"{field} must not be negative ({value})", field)
     if at_most is not None and scaled > at_most:
-        raise BillingError(f"{field} must be at most {Decimal(at_most) / BP} ({value})", field)
+        raise BillingError(f"{field} must be at most {Decimal(at_most).scaleb(-4).normalize()} ({value})", field)
     return int(scaled)
 
 

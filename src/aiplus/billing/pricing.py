@@ -13,16 +13,19 @@ so they always add up to the charge. Token counts per line are apportioned the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
+from typing import NamedTuple
 
 from aiplus.billing.tariff import BP, Tariff
 from aiplus.metering.tou import NO_TARIFF
 
 MTOK = 1_000_000
+SCALE = MTOK * BP * BP  # a line's numerator is over total tokens × SCALE
 
 
-@dataclass(frozen=True, slots=True)
-class Cell:
-    """One row of the time-of-use rollup for an organization's month."""
+class Cell(NamedTuple):
+    """One row of the time-of-use rollup for an organization's month (a tuple: cells sort by version, model, band)."""
 
     version_id: int
     model: str
@@ -49,17 +52,19 @@ class Priced:
 
 
 def price_month(cells: list[Cell], tariffs: dict[int, Tariff], tier: str, sector: str) -> Priced:
-    """Price a month of cells; deterministic (cells are sorted), integers only."""
+    """Price a month of cells (``Cell`` or plain tuples in its field order); deterministic, integers only."""
     out = Priced()
-    total = sum(c.prompt_tokens + c.completion_tokens for c in cells)
+    total = sum(c[3] + c[4] for c in cells)
     out.tokens = total
     if total <= 0:
         return out
-    by_version: dict[int, list[Cell]] = {}
-    for cell in sorted(cells, key=lambda c: (c.version_id, c.model, c.band)):
-        by_version.setdefault(cell.version_id, []).append(cell)
-    out.versions = sorted(by_version)
-    for version_id, vcells in sorted(by_version.items()):
+    cells = sorted(cells)
+    if cells[0][0] == cells[-1][0]:  # the usual month: one version
+        by_version = {cells[0][0]: cells}
+    else:
+        by_version = {v: list(group) for v, group in groupby(cells, key=itemgetter(0))}
+    out.versions = list(by_version)
+    for version_id, vcells in by_version.items():
         if version_id == NO_TARIFF or version_id not in tariffs:
             _list_priced(out, version_id, vcells)
         else:
@@ -68,7 +73,7 @@ def price_month(cells: list[Cell], tariffs: dict[int, Tariff], tier: str, sector
 
 
 def _list_priced(out: Priced, version_id: int, cells: list[Cell]) -> None:
-    for c in cells:
+    for c in map(Cell._make, cells):
         out.lines.append(
             _line(version_id, c, "list price", BP, BP, c.prompt_tokens, c.completion_tokens, c.cost_micros)
         )
@@ -78,42 +83,56 @@ def _list_priced(out: Priced, version_id: int, cells: list[Cell]) -> None:
 def _tariff_priced(
     out: Priced, version_id: int, cells: list[Cell], tariff: Tariff, tier: str, sector: str, total: int
 ) -> None:
-    denominator = total * MTOK * BP * BP
-    segments = [(name, low, high, mult) for name, low, high, mult in tariff.segments(tier)]
-    filled = [
-        max(0, (total if high is None else min(total, high)) - low) for _name, low, high, _m in segments
+    denominator = total * SCALE
+    active = [
+        (name, mult, n)
+        for name, low, high, mult in tariff.segments(tier)
+        if (n := (total if high is None else min(total, high)) - low) > 0
     ]
+    prices, bands = tariff.price_table, tariff.band_table
+    default = prices.get("*", (0, 0))
     lines: list[dict] = []
     numerators: list[int] = []
     lifeline_value = 0
-    for c in cells:
-        price = tariff.price(c.model)
-        value = c.prompt_tokens * price.input_per_mtok + c.completion_tokens * price.output_per_mtok
-        band_bp = tariff.band(c.band).multiplier_bp
-        tokens = c.prompt_tokens + c.completion_tokens
-        cumulative = 0
-        before = prompt_before = 0
-        for (name, _low, _high, block_bp), n in zip(segments, filled, strict=True):
-            if n == 0:
-                continue
+    for _version, model, band, prompt_total, completion_total, _cost in cells:
+        price_in, price_out = prices.get(model, default)
+        value = prompt_total * price_in + completion_total * price_out
+        band_bp = bands.get(band, BP)
+        tokens = prompt_total + completion_total
+        cumulative = before = prompt_before = 0
+        for name, block_bp, n in active:
             cumulative += n
             upto = tokens * cumulative // total
-            prompt_upto = c.prompt_tokens * upto // tokens if tokens else 0
-            prompt, completion = prompt_upto - prompt_before, (upto - before) - (prompt_upto - prompt_before)
+            prompt_upto = prompt_total * upto // tokens if tokens else 0
+            prompt = prompt_upto - prompt_before
+            completion = upto - before - prompt
             before, prompt_before = upto, prompt_upto
             numerators.append(value * band_bp * block_bp * n)
-            lines.append(_line(version_id, c, name, block_bp, band_bp, prompt, completion, 0))
-            if name == "lifeline":
+            lines.append(
+                {
+                    "version": version_id,
+                    "model": model,
+                    "block": name,
+                    "band": band,
+                    "block_multiplier_bp": block_bp,
+                    "band_multiplier_bp": band_bp,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "amount_micros": 0,
+                }
+            )
+            if block_bp == 0 and name == "lifeline":
                 out.lifeline_tokens += prompt + completion
                 lifeline_value += value * band_bp * BP * n
     charge = (sum(numerators) + denominator // 2) // denominator
-    amounts = [num // denominator for num in numerators]
-    short = charge - sum(amounts)
-    by_remainder = sorted(range(len(numerators)), key=lambda i: (-(numerators[i] % denominator), i))
-    for i in by_remainder[:short]:
-        amounts[i] += 1
-    for line, amount in zip(lines, amounts, strict=True):
-        line["amount_micros"] = amount
+    short = charge
+    for line, num in zip(lines, numerators, strict=True):
+        line["amount_micros"] = amount = num // denominator
+        short -= amount
+    if short:
+        by_remainder = sorted(range(len(numerators)), key=lambda i: (-(numerators[i] % denominator), i))
+        for i in by_remainder[:short]:
+            lines[i]["amount_micros"] += 1
     out.lines.extend(lines)
     out.charge_micros += charge
     out.subsidy_micros += charge * tariff.subsidy_bp.get(sector, 0) // BP

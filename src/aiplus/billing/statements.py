@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import groupby
+from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -150,24 +152,37 @@ def _orgs(conn: sa.Connection, org_id: str | None) -> list[OrgInfo]:
     query = sa.select(o.id, o.name, o.sector, o.tier, o.region).order_by(o.id)
     if org_id is not None:
         query = query.where(o.id == org_id)
-    found = [OrgInfo(*row) for row in conn.execute(query)]
+    found = [OrgInfo(*row) for row in _fetch(conn, query)]
     if org_id is not None and not found:
         raise NotFound(f"no organization {org_id!r}", "org_id")
     return found
 
 
 def _cells(conn: sa.Connection, month: str, org_id: str | None) -> dict[str, list[Cell]]:
+    """The month's rollup rows per organization, in primary-key order (no sort: the index is the order)."""
     u = usage_tou.c
     query = sa.select(
         u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
     )
-    query = query.where(u.month == month)
+    query = query.where(u.month == month).order_by(u.org_id, u.version_id, u.model, u.band)
     if org_id is not None:
         query = query.where(u.org_id == org_id)
-    out: dict[str, list[Cell]] = {}
-    for org, version_id, model, band, prompt, completion, cost in conn.execute(query):
-        out.setdefault(org, []).append(Cell(version_id, model, band, int(prompt), int(completion), int(cost)))
-    return out
+    return {org: [row[1:] for row in rows] for org, rows in groupby(_fetch(conn, query), key=itemgetter(0))}
+
+
+def _fetch(conn: sa.Connection, query: sa.Select) -> list[tuple]:
+    """Plain tuples straight from the driver, in this connection's transaction: a month of every organization is
+    half a million rows, and SQLAlchemy's row objects cost about a third more than the driver's tuples."""
+    compiled = query.compile(dialect=conn.dialect)
+    params = compiled.params
+    if compiled.positiontup is not None:  # SQLite's qmark style
+        params = tuple(params[name] for name in compiled.positiontup)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def _frozen(conn: sa.Connection, month: str, org_id: str | None) -> list[dict]:

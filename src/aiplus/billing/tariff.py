@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiplus.billing.errors import BillingError
@@ -86,14 +87,23 @@ class Tariff:
                 out[hour] = band.name
         return out
 
-    def band(self, name: str) -> Band:
-        for band in self.bands:
-            if band.name == name:
-                return band
-        return Band(name, (), BP)
+    @cached_property
+    def price_table(self) -> dict[str, tuple[int, int]]:
+        """model -> (input, output) per million tokens, precomputed for pricing many months."""
+        return {p.model: (p.input_per_mtok, p.output_per_mtok) for p in self.prices}
+
+    @cached_property
+    def band_table(self) -> dict[str, int]:
+        return {b.name: b.multiplier_bp for b in self.bands}
 
     def segments(self, tier: str) -> list[tuple[str, int, int | None, int]]:
         """(name, from, to, multiplier_bp) over the month's cumulative tokens: the lifeline, then the blocks."""
+        cache = self.__dict__.setdefault("_segment_cache", {})
+        if tier not in cache:
+            cache[tier] = self._segments(tier)
+        return cache[tier]
+
+    def _segments(self, tier: str) -> list[tuple[str, int, int | None, int]]:
         free = self.lifeline.get(tier, 0)
         out: list[tuple[str, int, int | None, int]] = []
         if free > 0:
@@ -174,7 +184,9 @@ def _share_bp(value, field: str, *, at_most: int | None = None) -> int:
     if scaled < 0:
         raise BillingError(f"{field} must not be negative ({value})", field)
     if at_most is not None and scaled > at_most:
-        raise BillingError(f"{field} must be at most {Decimal(at_most).scaleb(-4).normalize()} ({value})", field)
+        raise BillingError(
+            f"{field} must be at most {Decimal(at_most).scaleb(-4).normalize()} ({value})", field
+        )
     return int(scaled)
 
 

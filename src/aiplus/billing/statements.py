@@ -18,6 +18,7 @@ import orjson
 import sqlalchemy as sa
 
 from aiplus.billing.errors import BillingError, Conflict, NotFound
+from aiplus.billing.locks import serialize
 from aiplus.billing.months import month_end, next_month, parse_month, prev_month
 from aiplus.billing.pricing import Cell, Priced, price_month
 from aiplus.billing.tariff import Tariff
@@ -81,6 +82,7 @@ def close_month(conn: sa.Connection, month: str, *, now: datetime | None = None)
     month = parse_month(month)
     now = now or datetime.now(UTC)
     with transaction(conn):
+        serialize(conn)
         last_closed = _last_closed(conn)
         if last_closed is not None and month <= last_closed:
             raise Conflict(f"{month} is already closed (months are closed up to {last_closed})", "month")

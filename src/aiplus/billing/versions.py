@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from aiplus.billing.errors import BillingError, Conflict, NotFound
+from aiplus.billing.locks import serialize
 from aiplus.billing.tariff import Tariff, parse_tariff
 from aiplus.metering.tou import as_utc
 from aiplus.storage.db import transaction
@@ -43,6 +44,7 @@ def adopt_tariff(
     start = effective_instant(tariff, effective_from)
     t = tariff_versions.c
     with transaction(conn):
+        serialize(conn)
         newest = conn.execute(
             sa.select(t.id, t.name, t.effective_from).order_by(t.effective_from.desc()).limit(1)
         ).first()

@@ -83,11 +83,33 @@ def test_simulate_a_proposal(region):
     assert [d["amount_due_micros"] for d in again] == [1_750_000, 16_250_000, 1_000_000]  # nothing adopted
 
 
-def test_simulate_refuses_a_proposal_without_the_months_bands(region):
-    proposal = tariff_text().replace('name = "peak"', 'name = "evening"')
+def test_simulate_maps_recorded_bands_and_refuses_to_split_them(region):
+    merged = (  # valley and day become one "off-peak" band at ×1.0; peak is renamed "evening"
+        tariff_text()
+        .replace(
+            'name = "valley"\nhours = [0, 1, 2, 3, 4, 5, 6, 7]\nmultiplier = 0.5\n\n[[bands]]\nname = "day"\n',
+            "",
+        )
+        .replace("hours = [8, 9,", 'name = "off-peak"\nhours = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9,')
+        .replace('name = "peak"', 'name = "evening"')
+    )
+    with region.connect() as conn:
+        sim = simulate(conn, merged, "2026-11", TIERS, CONFIG)
+    # factory: valley cells now at ×1.0 (2.00 instead of 1.00 across b1/b2: 1.00 + 1.50), peak unchanged.
+    factory = next(r for r in sim["organizations"] if r["org_id"] == "factory")
+    assert factory["proposed_micros"] == 6_000_000 + 9_000_000 + 1_000_000 + 1_500_000
+    split = (
+        tariff_text()
+        .replace("hours = [18, 19, 20, 21, 22, 23]", "hours = [18, 19, 20]")
+        .replace("hours = [0, 1, 2, 3, 4, 5, 6, 7]", "hours = [0, 1, 2, 3, 4, 5, 6, 7, 21, 22, 23]")
+    )
     with pytest.raises(BillingError) as err, region.connect() as conn:
-        simulate(conn, proposal, "2026-11", TIERS, CONFIG)
+        simulate(conn, split, "2026-11", TIERS, CONFIG)
     assert err.value.field == "bands" and "'peak'" in err.value.message
+    moved = tariff_text().replace("Asia/Shanghai", "Europe/Paris")
+    with pytest.raises(BillingError) as err, region.connect() as conn:
+        simulate(conn, moved, "2026-11", TIERS, CONFIG)
+    assert err.value.field == "timezone"
 
 
 def test_formats_carry_the_same_figures(region):

@@ -2,9 +2,9 @@
 sector, and in the utility's balance.
 
 The month's usage is read from the time-of-use rollup as recorded: by the bands of the versions then in force.
-A proposal may change every price, block, lifeline, band multiplier and subsidy; it must keep the band names the
-month was recorded in, because the rollup keeps bands, not hours (a proposal that moves hours between bands
-cannot be replayed on a past month from the rollup).
+A proposal may change every price, block, lifeline, band multiplier and subsidy, rename bands and merge them;
+each recorded band must fall wholly in one of the proposal's bands (and the time zone must stay), because the
+rollup keeps bands, not hours: a proposal that splits a recorded band cannot be replayed on that month.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from aiplus.billing.months import parse_month
 from aiplus.billing.pricing import Cell, Priced, price_month
 from aiplus.billing.render import money
 from aiplus.billing.statements import statements
-from aiplus.billing.tariff import parse_tariff
+from aiplus.billing.tariff import Tariff, parse_tariff
+from aiplus.billing.versions import load_versions
 from aiplus.config import BillingConfig
 from aiplus.storage.tables import usage_tou
 
@@ -28,20 +29,17 @@ def simulate(conn: sa.Connection, text: str, month: str, tiers, config: BillingC
     """What the month would have cost under the proposed tariff ``text``, beside what it costs now."""
     month = parse_month(month)
     proposal = parse_tariff(text, tuple(tiers))
-    band_names = {b.name for b in proposal.bands}
+    band_of = _band_map(load_versions(conn), proposal, month)
     u = usage_tou.c
     cells: dict[str, list[Cell]] = {}
-    query = sa.select(u.org_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros).where(
-        u.month == month
-    )
-    for org, model, band, prompt, completion, cost in conn.execute(query):
-        if band and band not in band_names:
-            raise BillingError(
-                f"bands: {month} was recorded in band {band!r}, which the proposal lacks (keep the band names; "
-                "change their multipliers or hours for future months)",
-                "bands",
-            )
-        cells.setdefault(org, []).append(Cell(PROPOSED, model, band, int(prompt), int(completion), int(cost)))
+    query = sa.select(
+        u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
+    ).where(u.month == month)
+    for org, version_id, model, band, prompt, completion, cost in conn.execute(query):
+        proposed_band = band_of.get((version_id, band), band)
+        cells.setdefault(org, []).append(
+            Cell(PROPOSED, model, proposed_band, int(prompt), int(completion), int(cost))
+        )
     current = statements(conn, month)
     proposed_docs, rows = [], []
     tiers_sum: dict[str, list[int]] = {}
@@ -84,6 +82,29 @@ def simulate(conn: sa.Connection, text: str, month: str, tiers, config: BillingC
         },
         "affordability": after["affordability"],
     }
+
+
+def _band_map(versions: dict[int, Tariff], proposal: Tariff, month: str) -> dict[tuple[int, str], str]:
+    """(recorded version, band) -> the proposal's band, when every hour of the recorded band falls in one of them."""
+    mapping: dict[tuple[int, str], str] = {}
+    for version_id, tariff in versions.items():
+        if tariff.timezone != proposal.timezone:
+            raise BillingError(
+                f"timezone: {month} was recorded in {tariff.timezone}; a proposal in {proposal.timezone} cannot "
+                "be replayed on it from the rollup",
+                "timezone",
+            )
+        for band in tariff.bands:
+            targets = {proposal.hour_bands[hour] for hour in band.hours}
+            if len(targets) > 1:
+                raise BillingError(
+                    f"bands: {month} was recorded in band {band.name!r} (hours {list(band.hours)}), which the "
+                    f"proposal splits over {sorted(targets)}; the rollup keeps bands, not hours, so such a "
+                    "proposal can be simulated only on months recorded after it",
+                    "bands",
+                )
+            mapping[(version_id, band.name)] = targets.pop()
+    return mapping
 
 
 def _grouped(name: str, sums: dict[str, list[int]]) -> list[dict]:

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from aiplus.billing.months import first_day, parse_month
+from aiplus.billing.months import parse_month
 from aiplus.billing.pricing import Cell, price_month
 from aiplus.billing.render import money, percent_ppm, share
 from aiplus.billing.statements import current_month, statements
 from aiplus.billing.tariff import HOURS, Tariff
-from aiplus.billing.versions import effective_instant, load_tariff
+from aiplus.billing.versions import tariff_for_month
 from aiplus.config import BillingConfig
-from aiplus.metering.tou import as_utc
-from aiplus.storage.tables import tariff_versions
 
 
 def balance(conn: sa.Connection, month: str | None, config: BillingConfig) -> dict:
     """Revenue by tier × block, lifeline value by tier, subsidies by sector, totals and affordability."""
     month = current_month(conn) if month is None else parse_month(month)
     docs = statements(conn, month)
-    return balance_of(docs, month, config, _tariff_for(conn, month))
+    return balance_of(docs, month, config, tariff_for_month(conn, month))
 
 
 def balance_of(docs: list[dict], month: str, config: BillingConfig, tariff: Tariff | None) -> dict:
@@ -110,23 +108,6 @@ def affordability(config: BillingConfig, tariff: Tariff | None) -> dict:
         for region, income in config.monthly_income
     ]
     return {"basket": basket, "cost_micros": cost, "regions": regions}
-
-
-def _tariff_for(conn: sa.Connection, month: str) -> Tariff | None:
-    """The version in force at the start of the month (else the first one adopted after it)."""
-    t = tariff_versions.c
-    rows = [
-        (as_utc(r.effective_from), load_tariff(r.document))
-        for r in conn.execute(sa.select(t.effective_from, t.document))
-    ]
-    rows.sort(key=lambda r: r[0])
-    if not rows:
-        return None
-    chosen = rows[0][1]
-    for start, tariff in rows:
-        if start <= effective_instant(tariff, first_day(month)):
-            chosen = tariff
-    return chosen
 
 
 def balance_tables(report: dict) -> list[tuple[str, list[str], list[list]]]:

@@ -22,7 +22,7 @@ from aiplus.billing.locks import serialize
 from aiplus.billing.months import month_end, next_month, parse_month, prev_month
 from aiplus.billing.pricing import Cell, Priced, price_month
 from aiplus.billing.tariff import Tariff
-from aiplus.billing.versions import load_tariff, load_versions
+from aiplus.billing.versions import load_tariff, load_versions, tariff_for_month
 from aiplus.metering.tou import as_utc
 from aiplus.storage.db import transaction
 from aiplus.storage.tables import (
@@ -196,13 +196,14 @@ def _frozen(conn: sa.Connection, month: str, org_id: str | None) -> list[dict]:
     docs = [orjson.loads(doc) for doc in conn.execute(query).scalars()]
     if org_id is not None and not docs:
         raise NotFound(
-            f"{org_id!r} has no statement for the closed month {month} (it joined later)", "org_id"
+            f"{org_id!r} has no statement for {month}, a closed month it was not billed in", "org_id"
         )
     return docs
 
 
 def _compute(conn: sa.Connection, month: str, org_id: str | None, last_closed: str | None) -> list[dict]:
     tariffs = load_versions(conn)
+    in_force = tariff_for_month(conn, month)  # currency and time zone of a statement without usage
     members = _orgs(conn, org_id)
     cells = _cells(conn, month, org_id)
     known = {o.id for o in members}
@@ -214,7 +215,9 @@ def _compute(conn: sa.Connection, month: str, org_id: str | None, last_closed: s
     for org in sorted(members, key=lambda o: o.id):
         priced = price_month(cells.get(org.id, []), tariffs, org.tier, org.sector)
         docs.append(
-            _document(org, month, priced, tariffs, opening.get(org.id, 0), adjustments.get(org.id, []))
+            _document(
+                org, month, priced, tariffs, opening.get(org.id, 0), adjustments.get(org.id, []), in_force
+            )
         )
     return docs
 
@@ -296,9 +299,10 @@ def _document(
     tariffs: dict[int, Tariff],
     opening: int,
     adjustments: list[dict],
+    in_force: Tariff | None,
 ) -> dict:
     used = [tariffs[v] for v in priced.versions if v in tariffs]
-    latest = used[-1] if used else (tariffs[max(tariffs)] if tariffs else None)
+    latest = used[-1] if used else in_force
     share = latest.subsidy_bp.get(org.sector, 0) if latest else 0
     adjusted = sum(adj["amount_micros"] for adj in adjustments)
     due = priced.charge_micros - priced.subsidy_micros + adjusted

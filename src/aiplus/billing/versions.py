@@ -154,3 +154,21 @@ def example_tariff_text() -> str:
 def adopt_example_tariff(conn: sa.Connection, effective_from: date, tiers) -> dict:
     """What ``aiplus demo seed`` calls before writing its usage: the example tariff in force from that day."""
     return adopt_tariff(conn, example_tariff_text(), effective_from, tiers)
+
+
+def tariff_for_month(conn: sa.Connection, month: str) -> Tariff | None:
+    """The version in force when ``month`` starts in its time zone (else the first adopted after); None: none."""
+    t = tariff_versions.c
+    rows = sorted(
+        (
+            (as_utc(r.effective_from), r.document)
+            for r in conn.execute(sa.select(t.effective_from, t.document))
+        ),
+        key=lambda r: r[0],
+    )
+    chosen = None
+    for start, document in rows:
+        tariff = load_tariff(document)
+        if chosen is None or start <= effective_instant(tariff, date(int(month[:4]), int(month[5:]), 1)):
+            chosen = tariff
+    return chosen

@@ -52,7 +52,11 @@ class Priced:
 
 
 def price_month(cells: list[Cell], tariffs: dict[int, Tariff], tier: str, sector: str) -> Priced:
-    """Price a month of cells (``Cell`` or plain tuples in its field order); deterministic, integers only."""
+    """Price a month of cells (``Cell`` or plain tuples in its field order); deterministic, integers only.
+
+    Cells are sorted here, by Python's string order: a database's collation must not change a line's order (the
+    largest-remainder rounding breaks ties by it).
+    """
     out = Priced()
     total = sum(c[3] + c[4] for c in cells)
     out.tokens = total
@@ -94,7 +98,32 @@ def _tariff_priced(
     lines: list[dict] = []
     numerators: list[int] = []
     lifeline_value = 0
-    for _version, model, band, prompt_total, completion_total, _cost in cells:
+    if len(active) == 1:  # the whole month in one block (most organizations): n = total cancels out
+        name, block_bp, _n = active[0]
+        denominator = SCALE
+        for _version, model, band, prompt_total, completion_total, _cost in cells:
+            price_in, price_out = prices.get(model, default)
+            value = prompt_total * price_in + completion_total * price_out
+            band_bp = bands.get(band, BP)
+            numerators.append(value * band_bp * block_bp)
+            lines.append(
+                {
+                    "version": version_id,
+                    "model": model,
+                    "block": name,
+                    "band": band,
+                    "block_multiplier_bp": block_bp,
+                    "band_multiplier_bp": band_bp,
+                    "prompt_tokens": prompt_total,
+                    "completion_tokens": completion_total,
+                    "amount_micros": 0,
+                }
+            )
+            if block_bp == 0 and name == "lifeline":
+                out.lifeline_tokens += prompt_total + completion_total
+                lifeline_value += value * band_bp * BP
+        active = []
+    for _version, model, band, prompt_total, completion_total, _cost in cells if active else ():
         price_in, price_out = prices.get(model, default)
         value = prompt_total * price_in + completion_total * price_out
         band_bp = bands.get(band, BP)

@@ -161,12 +161,12 @@ def _orgs(conn: sa.Connection, org_id: str | None) -> list[OrgInfo]:
 
 
 def _cells(conn: sa.Connection, month: str, org_id: str | None) -> dict[str, list[Cell]]:
-    """The month's rollup rows per organization, in primary-key order (no sort: the index is the order)."""
+    """The month's rollup rows per organization (ordered by org only to group them; pricing sorts the cells)."""
     u = usage_tou.c
     query = sa.select(
         u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
     )
-    query = query.where(u.month == month).order_by(u.org_id, u.version_id, u.model, u.band)
+    query = query.where(u.month == month).order_by(u.org_id)
     if org_id is not None:
         query = query.where(u.org_id == org_id)
     return {org: [row[1:] for row in rows] for org, rows in groupby(_fetch(conn, query), key=itemgetter(0))}

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
+from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
@@ -133,6 +134,7 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
+    app.include_router(billing_api.router)
     app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)

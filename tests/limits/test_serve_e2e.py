@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from aiplus.storage.db import create_engine
 from aiplus.storage.tables import usage_events
 from aiplus.storage.testing import scratch_database
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.anyio
 
@@ -95,14 +96,6 @@ def servers(tmp_path):
         server.kill(signal.SIGTERM)
 
 
-@pytest.fixture(autouse=True)
-def _need_server():
-    try:
-        import aiplus.app  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"aiplus serve is not importable yet: {exc}")
-
-
 async def _org_and_key(client: httpx.AsyncClient, url: str, tier: str) -> tuple[str, str]:
     admin = {"Authorization": f"Bearer {ADMIN}"}
     org = f"e2e-{uuid.uuid4().hex[:8]}"
@@ -127,7 +120,7 @@ async def test_two_servers_hold_one_tokens_per_minute_limit_and_revoke_at_once(t
     with scratch_database("postgresql", tmp_path) as (_engine, url):
         env = {
             "AIPLUS_DATABASE_URL": url,
-            "AIPLUS_REDIS_URL": "redis://127.0.0.1:6379",
+            "AIPLUS_REDIS_URL": REDIS_URL,
             "AIPLUS_REDIS_PREFIX": f"aiplus-test:{uuid.uuid4().hex[:12]}:",
         }
         for name in ("one", "two"):

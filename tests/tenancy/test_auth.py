@@ -1,5 +1,4 @@
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,17 +18,6 @@ def setup_org(engine, org_id="a", **key_args) -> tuple[dict, str]:
     with engine.begin() as conn:
         create_org(conn, name=org_id, sector="education", tier="lifeline", org_id=org_id)
         return create_key(conn, SECRET, org_id, **key_args)
-
-
-@pytest.fixture
-async def redis_prefix():
-    client = create_redis("redis://127.0.0.1:6379")
-    prefix = f"aiplus-test:{uuid.uuid4().hex[:12]}:"
-    yield client, prefix
-    keys = [k async for k in client.scan_iter(match=prefix + "*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def test_principal_and_cache(db):

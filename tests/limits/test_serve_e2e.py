@@ -70,7 +70,7 @@ class Server:
     async def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a loaded machine starts slowly
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -134,20 +134,24 @@ async def test_two_servers_hold_one_tokens_per_minute_limit_and_revoke_at_once(t
             window = 5.0
 
             async def hammer(i: int) -> None:
-                while time.monotonic() - start < window:
+                refused = False  # go on until this hammer has met the empty bucket, however slow the machine
+                while time.monotonic() - start < window or not refused:
                     r = await client.post(f"{servers[i].url}/v1/chat/completions", json=_chat(), headers=auth)
                     if r.status_code == 200:
                         used[i] += r.json()["usage"]["total_tokens"]
                     else:
                         assert r.status_code == 429, r.text
                         assert "x-ratelimit-limit-tokens" in r.headers and "retry-after" in r.headers
+                        refused = True
                         await asyncio.sleep(0.02)
 
             await asyncio.gather(*(hammer(i % 2) for i in range(16)))
             allowed = TINY_TPM + TINY_TPM * (time.monotonic() - start) / 60
             print("admitted tokens", used, "allowed", round(allowed))
             assert min(used) > 0
-            assert abs(sum(used) - allowed) / allowed <= 0.05, (used, allowed)
+            # about the whole bucket was used, and never more than the bucket and its refill (plus one
+            # request's worth): two servers that did not share the limit would admit about twice as much
+            assert 0.9 * TINY_TPM <= sum(used) <= allowed + 30, (used, allowed)
 
             # both servers know the key; revoke through one, the other refuses the very next request
             r = await client.delete(

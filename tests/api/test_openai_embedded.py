@@ -332,8 +332,9 @@ def test_unknown_route_and_method(raw):
 
 def test_truncated_body_does_not_hang_the_server(embedded_server, embedded_org, raw):
     """A client that promises more body than it sends, then stops sending: its request ends (an error or a
-    closed connection) within a bound, instead of holding its connection and handler; the server stays healthy."""
+    closed connection) within a bound, as a client error, not a server error; the server stays healthy."""
     host, port = embedded_server.url.removeprefix("http://").split(":")
+    log_before = embedded_server.log.stat().st_size
     with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -349,6 +350,9 @@ def test_truncated_body_does_not_hang_the_server(embedded_server, embedded_org, 
             pytest.fail(f"the truncated request still hangs after 30 s (received {answer[:200]!r})")
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert raw.get("/healthz").status_code == 200
+    with embedded_server.log.open("rb") as log:
+        log.seek(log_before)
+        assert b"unexpected error" not in log.read()  # a client leaving mid-body is no server error
 
 
 def test_healthz(embedded_server):

@@ -49,7 +49,9 @@ async def _run(server) -> tuple[list[float], list[float]]:
 def test_light_org_is_not_starved_by_a_heavy_backlog(tmp_path, policy):
     server = start_server(
         tmp_path,
-        f'[scheduling]\npolicy = "{policy}"\n[[models]]\nid = "{DEFAULT_MODEL}"\nmax_concurrency = 1\n',
+        # a loaded machine may need more than the default 120 s to drain the backlog: no queue timeouts here
+        f'[scheduling]\npolicy = "{policy}"\nqueue_timeout_s = 1200\n'
+        f'[[models]]\nid = "{DEFAULT_MODEL}"\nmax_concurrency = 1\n',
     )
     try:
         heavy, light = asyncio.run(_run(server))

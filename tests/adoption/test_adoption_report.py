@@ -30,9 +30,9 @@ def settings():
 
 
 @pytest.fixture
-def demo(engine, settings):
-    done = seed_demo(engine, settings, orgs=400, months=12, seed=3, today=TODAY)
-    return engine, done
+def demo(sqlite_db, settings):
+    done = seed_demo(sqlite_db, settings, orgs=400, months=12, seed=3, today=TODAY)
+    return sqlite_db, done
 
 
 def test_demo_seeds_register_tenants_keys_and_ledger(demo):

@@ -88,7 +88,9 @@ def test_report_shape_and_definition(demo, settings):
     assert total["series"][0]["agent_penetration"] is not None
     assert total["agent_penetration"] is not None and total["intensity_tokens_per_employee"] > 0
     forecast = total["forecast"]
-    assert forecast["model"] in ("bass", "logistic") and set(forecast["holdout_rmse"]) == {"bass", "logistic"}
+    assert forecast["model"] == "sum of parts" and "weighted" in data["reconciliation"]
+    assert any(set(g["forecast"]["holdout_rmse"]) == {"bass", "logistic"} for g in data["groups"])
+    assert total["agents_forecast"]["model"] == "sum of parts"
     for outlook in forecast["targets"]:
         assert outlook["status"] in STATUSES
         assert outlook["low"] <= outlook["projected"] <= outlook["high"]

@@ -104,6 +104,14 @@ def test_table_and_csv_carry_the_definition(demo, settings):
     engine, _ = demo
     with engine.connect() as conn:
         report = build_report(conn, settings.adoption, by="size", as_of=TODAY, resamples=20)
+    # size classes are reconciled to the sectors' total: the same national line, and they add up to it
+    with engine.connect() as conn:
+        by_sector = build_report(conn, settings.adoption, as_of=TODAY, resamples=20, backtest_origins=0)
+    assert [b[1] for b in report.total.forecast.band] == [b[1] for b in by_sector.total.forecast.band]
+    orgs = report.total.latest.orgs
+    for i, (_, point, _, _) in enumerate(report.total.forecast.band):
+        parts = sum(g.latest.orgs / orgs * g.forecast.band[i][1] for g in report.groups)
+        assert parts == pytest.approx(point, abs=1e-9)
     console = Console(record=True, width=300)
     console.print(to_rich_table(report))
     text = console.export_text()
@@ -180,6 +188,55 @@ def test_admin_adoption_endpoint(demo, settings):
         assert "band" not in body["total"]["forecast"]
         lean = client.get("/admin/adoption", params={"series": "false", "as_of": "2026-11-15"}).json()
         assert "series" not in lean["total"] and lean["total"]["penetration"] == body["total"]["penetration"]
+        quick = client.get("/admin/adoption", params={"as_of": "2026-11-15", "backtest": "0"}).json()
+        assert quick["backtest"] == {} and quick["total"]["forecast"]["backtest"] is None
+        assert body["backtest"]["penetration"]["levels"]["all"]["n_6m"] > 0
+        wrong = client.get("/admin/adoption", params={"backtest": "-1"})
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "backtest"
         bad = client.get("/admin/adoption", params={"by": "planet"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "by"
         assert client.get("/admin/adoption", params={"as_of": "soon"}).status_code == 400
+
+
+def test_demo_total_is_the_sum_of_its_sectors_and_never_contradicts_them(demo, settings):
+    engine, _ = demo
+    with engine.connect() as conn:
+        report = build_report(conn, settings.adoption, as_of=TODAY, resamples=100, backtest_origins=3)
+    data = json.loads(json.dumps(report.as_dict()))
+    groups, total = data["groups"], data["total"]
+    w = {g["key"]: g["orgs"] / total["orgs"] for g in groups}
+    for name in ("forecast", "agents_forecast"):
+        band = total[name]["band"]
+        assert band[0]["month"] == "2026-10" and band[-1]["month"] == "2030-12"
+        for i, month in enumerate(band):  # every month, the point and each path-derived figure add up
+            parts = [g[name]["band"][i] for g in groups]
+            assert month["point"] == pytest.approx(
+                sum(w[g["key"]] * p["point"] for g, p in zip(groups, parts, strict=True)), abs=1e-9
+            )
+            assert min(p["low"] for p in parts) - 1e-9 <= month["low"] <= month["point"] <= month["high"]
+            assert month["high"] <= max(p["high"] for p in parts) + 1e-9
+        months = [b["month"] for b in band]
+        for i, outlook in enumerate(total[name]["targets"]):
+            at = months.index(outlook["date"][:7])
+            parts = [g[name]["band"][at] for g in groups]
+            assert outlook["projected"] == pytest.approx(
+                sum(w[g["key"]] * p["point"] for g, p in zip(groups, parts, strict=True))
+            )
+            assert (
+                outlook["low"]
+                <= sum(w[g["key"]] * p["high"] for g, p in zip(groups, parts, strict=True)) + 1e-9
+            )
+            if all(g[name]["targets"][i]["status"] == "off track" for g in groups):
+                assert outlook["status"] != "on track"
+    # agent use is a part of use, and so is its forecast
+    for g in [*groups, total]:
+        for a, u in zip(g["agents_forecast"]["band"], g["forecast"]["band"], strict=True):
+            assert a["point"] <= u["point"] + 1e-9
+    # each forecast carries its back-tested error
+    for g in [*groups, total]:
+        assert g["forecast"]["backtest"]["n_6m"] == 3 and "in band" in g["forecast"]["backtest"]["summary"]
+    assert data["backtest"]["penetration"]["levels"]["all"]["n_6m"] == 3
+    console = Console(record=True, width=400)
+    console.print(to_rich_table(report))
+    text = console.export_text()
+    assert "back-test error" in text and "agents 2030" in text

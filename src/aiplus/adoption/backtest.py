@@ -13,7 +13,7 @@ from datetime import date
 
 import numpy as np
 
-from aiplus.adoption.hierarchy import TOTAL, Part, coherent
+from aiplus.adoption.hierarchy import TOTAL, Coherent, Part, coherent
 from aiplus.adoption.outlook import Grid, band_of
 from aiplus.adoption.penetration import Cell, Series, month_ends, next_month_end
 
@@ -99,48 +99,70 @@ def _cut_at(groups: dict[str, list[Cell]], months: list[date], k: int, value) ->
     }
 
 
-def backtest(
-    series: Series, *, measure: str = "penetration", origins: int = 12, resamples: int = 100
-) -> Backtest:
-    """Refit the coherent forecasts of ``series`` as of each of its last ``origins`` checkable months."""
-    value = MEASURES[measure]
-    months = series.months
-    sectors = series.cuts["sector"]
-    cut = None if series.by == "sector" else series.groups
-    picked = origin_indices(len(months), origins)
-    result = Backtest(
-        series.by,
-        measure,
-        [months[k] for k in picked],
-        {k: Accuracy() for k in series.groups},
-        Accuracy(),
-        Accuracy(),
+def _coherent_at(
+    series: Series,
+    measure: str,
+    grid: Grid,
+    k: int,
+    by_cut: bool,
+    resamples: int,
+    below: Coherent | None = None,
+) -> Coherent:
+    value, months = MEASURES[measure], series.months
+    return coherent(
+        grid,
+        _cut_at(series.cuts["sector"], months, k, value),
+        _cut_at(series.groups, months, k, value) if by_cut else None,
+        resamples=resamples,
+        seed=measure,
+        below=below,
     )
+
+
+def backtest(
+    series: Series, *, measures: tuple[str, ...] = tuple(MEASURES), origins: int = 12, resamples: int = 100
+) -> dict[str, Backtest]:
+    """Refit the coherent forecasts of ``series`` as of each of its last ``origins`` checkable months, for each
+    measure (agent use capped by use, as in the report)."""
+    months = series.months
+    by_cut = series.by != "sector"
+    picked = origin_indices(len(months), origins)
+    results = {
+        m: Backtest(
+            series.by,
+            m,
+            [months[k] for k in picked],
+            {g: Accuracy() for g in series.groups},
+            Accuracy(),
+            Accuracy(),
+        )
+        for m in measures
+    }
     for k in picked:
         ahead = month_ends(next_month_end(months[k]), months[-1])[: max(HORIZONS)]
         grid = Grid(months[k], ahead, len(ahead))
+        done: dict[str, Coherent] = {}
+        for measure in MEASURES:  # penetration first: agent use is capped by it
+            if measure == "agents" and "agents" not in measures:
+                continue
+            done[measure] = _coherent_at(series, measure, grid, k, by_cut, resamples, done.get("penetration"))
+        for measure in measures:
+            _score(results[measure], series, done[measure], k)
+    for result in results.values():
+        for accuracy in result.groups.values():
+            result.parts.extend(accuracy)
+    return results
 
-        projected, total = coherent(
-            grid,
-            _cut_at(sectors, months, k, value),
-            None if cut is None else _cut_at(cut, months, k, value),
-            resamples=resamples,
-            seed=measure,
-        )
-        truths = {name: [value(c) for c in cells] for name, cells in series.groups.items()}
-        truths[TOTAL] = [value(c) for c in series.total]
-        for name, projection in [*projected.items(), (TOTAL, total)]:
-            low, high = band_of(projection)
-            for h in HORIZONS:
-                if k + h < len(months):
-                    into = result.total if name == TOTAL else result.groups[name]
-                    into.add(
-                        h,
-                        float(projection.point[h - 1]),
-                        float(low[h - 1]),
-                        float(high[h - 1]),
-                        truths[name][k + h],
-                    )
-    for accuracy in result.groups.values():
-        result.parts.extend(accuracy)
-    return result
+
+def _score(result: Backtest, series: Series, forecast: Coherent, k: int) -> None:
+    """Add the forecasts made at month ``k`` that can be checked against a later month."""
+    value = MEASURES[result.measure]
+    truths = {name: [value(c) for c in cells] for name, cells in series.groups.items()}
+    truths[TOTAL] = [value(c) for c in series.total]
+    for name, projection in [*forecast.parts.items(), (TOTAL, forecast.total)]:
+        low, high = band_of(projection)
+        into = result.total if name == TOTAL else result.groups[name]
+        for h in HORIZONS:
+            if k + h < len(series.months):
+                point = float(projection.point[h - 1])
+                into.add(h, point, float(low[h - 1]), float(high[h - 1]), truths[name][k + h])

@@ -90,6 +90,23 @@ def reconcile_to(projections: dict[str, Projection], w: dict[str, float], total:
         projections[k].paths = projections[k].paths + share[k] * gap_paths
 
 
+@dataclass(slots=True)
+class Coherent:
+    """Projections of the cut's parts, of the total (the sectors' sum) and of the sectors themselves."""
+
+    parts: dict[str, Projection]
+    total: Projection
+    sectors: dict[str, Projection]
+
+
+def _cap(projections: dict[str, Projection], below: dict[str, Projection] | None) -> None:
+    """Hold each projection at or under ``below``'s (agent use is a part of use: it cannot forecast higher)."""
+    for k, projection in projections.items():
+        if below and k in below:
+            projection.point = np.minimum(projection.point, below[k].point)
+            projection.paths = np.minimum(projection.paths, below[k].paths)
+
+
 def coherent(
     grid: Grid,
     sectors: dict[str, Part],
@@ -97,8 +114,10 @@ def coherent(
     *,
     resamples: int = 200,
     seed: str = "",
-) -> tuple[dict[str, Projection], Projection]:
-    """Projections of the cut's parts (the sectors when ``cut`` is None) and of the total, coherent.
+    below: Coherent | None = None,
+) -> Coherent:
+    """Projections of the cut's parts (the sectors when ``cut`` is None) and of the total, coherent; with
+    ``below``, no part forecasts above the same part there.
 
     The total is the bottom-up sum of the sectors whatever the cut, so it is the same line in every report.
     """
@@ -106,11 +125,13 @@ def coherent(
         k: project_part(p, grid, resamples=resamples, seed=seed_of(seed, "sector", k))
         for k, p in sectors.items()
     }
+    _cap(projected, below.sectors if below else None)
     total = bottom_up(projected, weights(sectors))
     if cut is None:
-        return projected, total
+        return Coherent(projected, total, projected)
     parts = {
         k: project_part(p, grid, resamples=resamples, seed=seed_of(seed, "cut", k)) for k, p in cut.items()
     }
+    _cap(parts, below.parts if below else None)
     reconcile_to(parts, weights(cut), total)
-    return parts, total
+    return Coherent(parts, total, projected)

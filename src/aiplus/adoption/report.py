@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from aiplus.adoption import snapshots
 from aiplus.adoption.backtest import MEASURES, Backtest, backtest
-from aiplus.adoption.hierarchy import TOTAL, Part, coherent
+from aiplus.adoption.hierarchy import TOTAL, Coherent, Part, coherent
 from aiplus.adoption.outlook import STATUS_RULE, Forecast, Grid, judge
 from aiplus.adoption.penetration import (
     MAX_MONTHS,
@@ -32,6 +32,7 @@ from aiplus.config import AdoptionConfig
 
 FIT_SOURCES = ("ledger", "observations", "both")
 BACKTEST_ORIGINS = 12
+MAX_ORIGINS = 120
 
 
 @dataclass(slots=True)
@@ -96,7 +97,7 @@ class Report:
 
 RECONCILIATION = (
     "the total is the sum of the sectors' forecasts weighted by their register organizations, at every month "
-    "and on every bootstrap path (its band: percentiles of the summed paths); other cuts are reconciled to it "
+    "and on every sample path (its band: percentiles of the summed paths); other cuts are reconciled to it "
     "by weighted least squares; every forecast starts at the last observed month"
 )
 
@@ -128,13 +129,15 @@ def build_report(
     as_of: date | None = None,
     fit_on: str = "ledger",
     resamples: int = 200,
-    backtest_origins: int = 0,
+    backtest_origins: int = BACKTEST_ORIGINS,
 ) -> Report:
     """Measure every group of the cut month by month from the rollups, forecast penetration and agent use
-    coherently (the total is the sum of the parts), judge each against the targets, and with
-    ``backtest_origins`` attach each forecast's back-tested error."""
+    coherently (the total is the sum of the parts), judge each against the targets, and attach each forecast's
+    back-tested error over the last ``backtest_origins`` months (0: none; it costs more than the rest)."""
     if fit_on not in FIT_SOURCES:
         raise ValueError(f"fit_on must be one of {', '.join(FIT_SOURCES)}, not {fit_on!r}")
+    if not 0 <= backtest_origins <= MAX_ORIGINS:
+        raise ValueError(f"back-test origins must be 0 to {MAX_ORIGINS}, not {backtest_origins}")
     definition = Definition.from_config(config)
     refresh_snapshots(conn, definition, as_of)
     series: Series = penetration_series(conn, definition, by=by, as_of=as_of, detail="all")
@@ -145,12 +148,16 @@ def build_report(
     months = series.months
     grid = Grid.after(months[-1], config.targets)
     forecasts: dict[str, dict[str, Forecast]] = {}
-    for measure, value in MEASURES.items():
+    done: dict[str, Coherent] = {}
+    for measure, value in MEASURES.items():  # penetration first: agent use is capped by it
         obs = (by_key if by == "sector" else {}) if measure == "penetration" else {}
         sector_obs = by_key if measure == "penetration" else {}
         sectors = _parts(months, series.cuts["sector"], value, sector_obs, fit_on if sector_obs else "ledger")
         cut = None if by == "sector" else _parts(months, series.groups, value, obs, "ledger")
-        projected, total = coherent(grid, sectors, cut, resamples=resamples, seed=measure)
+        result = coherent(
+            grid, sectors, cut, resamples=resamples, seed=measure, below=done.get("penetration")
+        )
+        done[measure] = result
         cells = {**series.groups, TOTAL: series.total}
         count = (lambda c: c.adopting) if measure == "penetration" else (lambda c: c.agent or 0)
         forecasts[measure] = {
@@ -164,16 +171,13 @@ def build_report(
                 adopting=count(cells[key][-1]),
                 model="sum of parts" if key == TOTAL else None,
             )
-            for key, projection in [*projected.items(), (TOTAL, total)]
+            for key, projection in [*result.parts.items(), (TOTAL, result.total)]
         }
-    backtests = {}
-    if backtest_origins:
-        for measure in MEASURES:
-            backtests[measure] = backtest(series, measure=measure, origins=backtest_origins)
-            result = backtests[measure]
-            for key, accuracy in [*result.groups.items(), (TOTAL, result.total)]:
-                forecasts[measure][key].backtest = accuracy.as_dict()
-                forecasts[measure][key].backtest["summary"] = accuracy.summary()
+    backtests = backtest(series, origins=backtest_origins) if backtest_origins else {}
+    for measure, result in backtests.items():
+        for key, accuracy in [*result.groups.items(), (TOTAL, result.total)]:
+            forecasts[measure][key].backtest = accuracy.as_dict()
+            forecasts[measure][key].backtest["summary"] = accuracy.summary()
 
     def group(key: str, cells: list[Cell]) -> GroupReport:
         obs = by_key.get(key, []) if (by == "sector" or key == TOTAL) else []
@@ -204,12 +208,12 @@ def build_backtest(
     resamples: int = 100,
 ) -> dict[str, Backtest]:
     """Back-test the report's forecasts of each measure over the last ``origins`` months (rolling origin)."""
-    if origins < 1:
-        raise ValueError(f"origins must be at least 1, not {origins}")
+    if not 1 <= origins <= MAX_ORIGINS:
+        raise ValueError(f"back-test origins must be 1 to {MAX_ORIGINS}, not {origins}")
     definition = Definition.from_config(config)
     refresh_snapshots(conn, definition, as_of)
     series = penetration_series(conn, definition, by=by, as_of=as_of, detail="all")
-    return {m: backtest(series, measure=m, origins=origins, resamples=resamples) for m in measures}
+    return backtest(series, measures=measures, origins=origins, resamples=resamples)
 
 
 def refresh_snapshots(
@@ -351,7 +355,7 @@ def definition_caption(report: Report) -> str:
     return (
         f"{report.definition.text} Targets: {targets}. Forecast: Bass (or logistic when its hold-out error is "
         f"10% lower) least-squares fit on the {report.fit_on} series of each part, starting at the last observed "
-        f"month; {RECONCILIATION}; 80% band by bootstrap sample paths. Agent use: {report.definition.as_dict()['agent_penetration']}, "
+        f"month; {RECONCILIATION}; 80% band from sample paths of each part's curve. Agent use: {report.definition.as_dict()['agent_penetration']}, "
         f"forecast the same way. Status: {STATUS_RULE}{trust} "
         f"'+orgs/mo': organizations per month that must start beyond the forecast trend to meet the target on time."
         + (

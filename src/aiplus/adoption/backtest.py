@@ -166,3 +166,35 @@ def _score(result: Backtest, series: Series, forecast: Coherent, k: int) -> None
             if k + h < len(series.months):
                 point = float(projection.point[h - 1])
                 into.add(h, point, float(low[h - 1]), float(high[h - 1]), truths[name][k + h])
+
+
+def backtest_table(results: dict[str, Backtest]):
+    """A rich ``Table``: each measure's error and band coverage per group, its cut pooled, and the total."""
+    from rich.table import Table
+
+    first = next(iter(results.values()), None)
+    origins = first.origins if first else []
+    span = f"{origins[0].isoformat()[:7]}..{origins[-1].isoformat()[:7]}" if origins else "none"
+    by = first.by if first else "sector"
+    table = Table(
+        title=f"Back-test by {by}: forecasts refitted as of each of {len(origins)} months ({span})",
+        caption=(
+            "MAE: mean absolute error of the forecast made h months earlier, in percentage points; in band: how "
+            "often the truth fell inside that forecast's 80% band (about 80% if the band is honest). "
+            f"'{by} (pooled)': every {by} together."
+        ),
+    )
+    table.add_column("measure")
+    table.add_column(by)
+    for h in HORIZONS:
+        table.add_column(f"{h}-mo MAE (pp)", justify="right")
+        table.add_column(f"{h}-mo in band", justify="right")
+    for measure, result in results.items():
+        rows = [*result.groups.items(), (f"{by} (pooled)", result.parts), (TOTAL, result.total)]
+        for i, (name, accuracy) in enumerate(rows):
+            cells = [measure if i == 0 else "", name]
+            for h in HORIZONS:
+                mae, hits, n = accuracy.mae_pp(h), sum(accuracy.hits[h]), len(accuracy.hits[h])
+                cells += ["-", "-"] if mae is None else [f"{mae:.1f}", f"{hits}/{n} ({hits / n:.0%})"]
+            table.add_row(*cells, end_section=i >= len(rows) - 3)
+    return table

@@ -67,9 +67,19 @@ def test_true_bass_parameters_are_recovered_within_10_percent():
 
 def test_another_cut_is_reconciled_to_the_same_total():
     months, sectors = synthetic()
-    _, regions = synthetic(seed=2)
-    # a second cut of the same register: other weights, other curves (here: the same shapes, other sizes)
-    regions = {f"region-{k}": Part(p.dates, p.shares, p.last, 4800 - p.orgs) for k, p in regions.items()}
+    # a second cut of the same register: each sector's organizations split between two regions, the first
+    # with a larger share of the fast sectors' adopters; the regions' observed series add up to the same total
+    lean = {"fast": 0.35, "medium": 0.15, "slow": -0.25, "late": -0.1}
+    cells = {name: np.zeros(len(months)) for name in ("north", "south")}
+    orgs = {"north": 0, "south": 0}
+    for name, part in sectors.items():
+        adopting = np.array(part.shares) * part.orgs
+        half = part.orgs // 2
+        cells["north"] += adopting * (0.5 + lean[name] / 2)
+        cells["south"] += adopting * (0.5 - lean[name] / 2)
+        orgs["north"] += half
+        orgs["south"] += part.orgs - half
+    regions = {k: Part(months, list(v / orgs[k]), float(v[-1] / orgs[k]), orgs[k]) for k, v in cells.items()}
     grid = Grid.after(months[-1], TARGETS)
     by_sector = coherent(grid, sectors, resamples=100, seed="test")
     by_region = coherent(grid, sectors, regions, resamples=100, seed="test")
@@ -79,6 +89,13 @@ def test_another_cut_is_reconciled_to_the_same_total():
     assert np.max(np.abs(summed - by_region.total.paths)) < 1e-12
     summed_point = sum(w[k] * by_region.parts[k].point for k in regions)
     assert np.max(np.abs(summed_point - by_region.total.point)) < 1e-12
+    # and each region still starts at its last observation, only rises, and stays a share
+    for k, part in regions.items():
+        point = by_region.parts[k].point
+        assert (
+            point[0] >= part.last - 1e-12 and np.all(np.diff(point) >= -1e-12) and point.max() <= 1 + 1e-12
+        ), k
+        assert by_region.parts[k].paths.min() >= -1e-12 and by_region.parts[k].paths.max() <= 1 + 1e-12, k
 
 
 def test_the_judged_total_never_beats_parts_that_are_all_off_track():

@@ -184,6 +184,11 @@ def test_admin_adoption_endpoint(demo, settings):
             "/admin/adoption", params={"by": "region", "as_of": "2026-11-15", "band": "false"}
         ).json()
         assert body["by"] == "region" and body["as_of"] == "2026-10-31"
+        full = client.get("/admin/adoption", params={"by": "region", "as_of": "2026-11-15"}).json()
+        for g in full["groups"]:  # reconciled regions start at their last value, only rise, stay shares
+            points = [b["point"] for b in g["forecast"]["band"]]
+            assert points[0] == g["penetration"] and max(points) <= 1 + 1e-12
+            assert all(b >= a - 1e-12 for a, b in zip(points, points[1:], strict=False)), g["key"]
         assert body["definition"]["min_requests"] == 10 and body["groups"]
         assert "band" not in body["total"]["forecast"]
         lean = client.get("/admin/adoption", params={"series": "false", "as_of": "2026-11-15"}).json()
@@ -240,3 +245,12 @@ def test_demo_total_is_the_sum_of_its_sectors_and_never_contradicts_them(demo, s
     console.print(to_rich_table(report))
     text = console.export_text()
     assert "back-test error" in text and "agents 2030" in text
+
+
+@pytest.mark.parametrize("by", ["sector", "region"])
+def test_an_empty_register_gives_an_empty_report_not_an_error(engine, settings, by):
+    with engine.connect() as conn:
+        report = build_report(conn, settings.adoption, by=by, as_of=TODAY)
+    assert report.groups == [] and report.total.latest.orgs == 0
+    assert report.total.forecast.model is None and report.total.forecast.note == "the register is empty"
+    assert {t.status for t in report.total.forecast.targets} == {"insufficient data"}

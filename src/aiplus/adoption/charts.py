@@ -132,9 +132,12 @@ def write_chart(report: Report, out: str | Path) -> Path:
         fig.suptitle(
             f"AI adoption by {report.by}, observed to {month}: share of register organizations", fontsize=11
         )
-        caption = "\n".join(textwrap.wrap(definition_caption(report), 150))
-        fig.text(0.0, 0.0, caption, fontsize=5.2, va="bottom", ha="left")
-        fig.get_layout_engine().set(rect=(0, 0.09, 1, 0.91))
+        caption = textwrap.wrap(definition_caption(report), 150)
+        fig.text(0.0, 0.0, "\n".join(caption), fontsize=5.2, va="bottom", ha="left")
+        bottom = (
+            len(caption) * 5.2 * 1.25 / 72 + 0.08
+        ) / fig.get_figheight()  # the caption's height, in inches
+        fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format=path.suffix[1:].lower(), dpi=150)
     finally:

@@ -4,10 +4,9 @@ path, so the national line can never contradict the sectors under it.
 The sectors are forecast one by one (``diffusion``), and the total is their sum (bottom-up): its point forecast
 is the weighted sum of theirs, and its 80% band the percentiles of the weighted sums of their sample paths, so
 it carries their uncertainty. Another cut of the same register (regions, size classes) is forecast one by one
-too and then reconciled to that total by weighted least squares: each part moves by a share of the gap
-proportional to its headroom (organizations not yet adopting), which is the least-squares correction when a
-part's error variance grows with its headroom and shrinks with its size. Every path of every part still sums
-to the same total path. Nixtla's ``hierarchicalforecast`` implements these methods (BottomUp, MinT) but works
+too and then reconciled to that total top-down by forecast proportions (Athanasopoulos, Ahmed & Hyndman 2009),
+path by path: the total's growth from its last observation is shared among the parts in proportion to each
+part's own forecast growth. Every path of every part still sums to the same total path. Nixtla's ``hierarchicalforecast`` implements these methods (BottomUp, MinT) but works
 on pandas frames and brings pandas, scikit-learn, narwhals, utilsforecast and a QP solver with it; the sum
 here is one matrix product (docs/adoption.md, "Coherent forecasts").
 """
@@ -77,17 +76,51 @@ def bottom_up(projections: dict[str, Projection], w: dict[str, float]) -> Projec
 
 
 def reconcile_to(projections: dict[str, Projection], w: dict[str, float], total: Projection) -> None:
-    """Move each part by a share of the gap to ``total`` proportional to its weighted headroom, in place:
-    afterwards the weighted sum of the parts equals the total at every month and on every path."""
+    """Share each month's growth of ``total`` among the parts in proportion to their own forecast growth that
+    month, in place (top-down by forecast proportions, path by path): afterwards the weighted sum of the parts
+    equals the total at every month and on every path, each part rises when the total does, and none passes
+    100%."""
     keys = list(projections)
-    headroom = {k: max(0.0, 1.0 - projections[k].last) for k in keys}
-    room = sum(w[k] * headroom[k] for k in keys)
-    share = {k: (headroom[k] / room if room > 0 else 1.0) for k in keys}
-    gap_point = total.point - sum(w[k] * projections[k].point for k in keys)
-    gap_paths = total.paths - sum(w[k] * projections[k].paths for k in keys)
-    for k in keys:
-        projections[k].point = projections[k].point + share[k] * gap_point
-        projections[k].paths = projections[k].paths + share[k] * gap_paths
+    weight = np.array([w[k] for k in keys])
+    last = np.array([projections[k].last for k in keys])
+    for attr in ("point", "paths"):
+        forecast = np.stack([getattr(projections[k], attr) for k in keys])
+        extra = (slice(None),) + (None,) * (forecast.ndim - 2)
+        reconciled = _share_growth(forecast, getattr(total, attr), weight[extra], last[extra], total.last)
+        for i, k in enumerate(keys):
+            setattr(projections[k], attr, reconciled[i])
+
+
+def _share_growth(
+    forecast: np.ndarray, total: np.ndarray, w: np.ndarray, last: np.ndarray, start: float
+) -> np.ndarray:
+    """Parts on the first axis, months on the last: month by month, the total's change is split in proportion
+    to each part's own forecast change (or, when none changes, to its room left), a part that would pass 100%
+    is held there and the rest shared among the others."""
+    out = np.empty_like(forecast)
+    current = np.broadcast_to(last, forecast.shape[:-1]).astype(float)
+    before_own = current.copy()
+    before_total = start
+    for t in range(forecast.shape[-1]):
+        own = forecast[..., t]
+        growth = np.maximum(own - before_own, 0.0)
+        growth = np.where(np.sum(w * growth, axis=0) > 1e-12, growth, 1.0 - current)
+        gain = total[..., t] - before_total
+        full = np.zeros(current.shape, dtype=bool)
+        for _ in range(len(forecast)):
+            held = np.sum(np.where(full, w * (1.0 - current), 0.0), axis=0)
+            spread = np.sum(np.where(full, 0.0, w * growth), axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                k = np.where(spread > 1e-12, (gain - held) / spread, 0.0)
+            step = np.where(full, 1.0 - current, k * growth)
+            over = (current + step > 1.0 + 1e-12) & ~full
+            if not over.any():
+                break
+            full |= over
+        current = current + step
+        out[..., t] = current
+        before_own, before_total = own, total[..., t]
+    return out
 
 
 @dataclass(slots=True)
@@ -126,6 +159,11 @@ def coherent(
         for k, p in sectors.items()
     }
     _cap(projected, below.sectors if below else None)
+    if not projected:  # an empty register: nothing to add up
+        empty = flat_projection(
+            0.0, len(grid.months), grid.horizon, max(1, resamples), "the register is empty"
+        )
+        return Coherent({}, empty, {})
     total = bottom_up(projected, weights(sectors))
     if cut is None:
         return Coherent(projected, total, projected)

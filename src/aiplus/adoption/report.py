@@ -32,6 +32,7 @@ from aiplus.config import AdoptionConfig
 
 FIT_SOURCES = ("ledger", "observations", "both")
 BACKTEST_ORIGINS = 12
+SUM = "sum of parts"  # the total's model: the register-weighted sum of its parts' forecasts
 MAX_ORIGINS = 120
 
 
@@ -98,7 +99,7 @@ class Report:
 RECONCILIATION = (
     "the total is the sum of the sectors' forecasts weighted by their register organizations, at every month "
     "and on every sample path (its band: percentiles of the summed paths); other cuts are reconciled to it "
-    "by weighted least squares; every forecast starts at the last observed month"
+    "top-down, sharing its growth in proportion to their own forecast growth; every forecast starts at the last observed month"
 )
 
 
@@ -169,7 +170,10 @@ def build_report(
                 config.targets,
                 orgs=cells[key][-1].orgs,
                 adopting=count(cells[key][-1]),
-                model="sum of parts" if key == TOTAL else None,
+                model=(SUM if any(p.fit for p in result.sectors.values()) else None)
+                if key == TOTAL
+                else None,
+                note="" if key != TOTAL or result.sectors else "the register is empty",
             )
             for key, projection in [*result.parts.items(), (TOTAL, result.total)]
         }

@@ -119,6 +119,12 @@ def test_table_and_csv_carry_the_definition(demo, settings):
     rows = list(csv.DictReader(io.StringIO(to_csv(report))))
     assert [r["size"] for r in rows][-1] == "all"
     assert {"penetration", "status_2027", "extra_orgs_per_month_2030", "definition"} <= set(rows[0])
+    assert {
+        "agents_status_2030",
+        "agents_projected_2027",
+        "backtest_mae_pp_6m",
+        "agents_backtest_coverage_6m",
+    } <= set(rows[0])
     assert all("successful requests" in r["definition"] for r in rows)
 
 
@@ -254,3 +260,23 @@ def test_an_empty_register_gives_an_empty_report_not_an_error(engine, settings, 
     assert report.groups == [] and report.total.latest.orgs == 0
     assert report.total.forecast.model is None and report.total.forecast.note == "the register is empty"
     assert {t.status for t in report.total.forecast.targets} == {"insufficient data"}
+
+
+def test_usage_only_in_the_current_month_gives_a_report_without_months(engine, settings, tmp_path):
+    from datetime import UTC, datetime
+
+    from aiplus.adoption.register import insert_register
+    from aiplus.metering.ledger import UsageEvent, write_events
+
+    with engine.begin() as conn:
+        insert_register(conn, [{"id": "o1", "name": "A", "sector": "ict", "region": "N", "employees": 3}])
+        event = UsageEvent(
+            "r1", "o1", None, "m", "chat", 1, 1, "ok", True, datetime(2026, 11, 3, tzinfo=UTC), 1, 1, 1
+        )
+        write_events(conn, [event])
+    with engine.connect() as conn:
+        report = build_report(conn, settings.adoption, as_of=TODAY)  # November is not complete on the 15th
+    assert report.months == [] and report.total.latest.orgs == 0
+    assert report.total.forecast.band[0][0] == date(2026, 10, 31)
+    assert {t.status for t in report.total.forecast.targets} == {"insufficient data"}
+    assert write_chart(report, tmp_path / "empty.svg").stat().st_size > 0

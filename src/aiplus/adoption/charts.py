@@ -80,7 +80,8 @@ def _panel(ax, report: Report, group: GroupReport, *, national: bool = False) ->
         )
     for when, level in report.targets:
         day = date.fromisoformat(when)
-        ax.plot([report.months[0], day], [level, level], color=TARGET, linewidth=0.8, linestyle=":")
+        start = report.months[0] if report.months else (group.forecast.band or [(day,)])[0][0]
+        ax.plot([start, day], [level, level], color=TARGET, linewidth=0.8, linestyle=":")
         ax.scatter([day], [level], color=TARGET, marker="*", s=60 if national else 30, zorder=4)
     name = "All organizations (sum of the parts)" if national else _display(group.key)
     lines = [

@@ -147,7 +147,9 @@ def build_report(
     for o in observations:
         by_key.setdefault(o["sector"], []).append(o)
     months = series.months
-    grid = Grid.after(months[-1], config.targets)
+    # no complete month since the first usage (it all began this month): the forecasts start at last month
+    last = months[-1] if months else last_complete_month_end(as_of or datetime.now(UTC).date())
+    grid = Grid.after(last, config.targets)
     forecasts: dict[str, dict[str, Forecast]] = {}
     done: dict[str, Coherent] = {}
     for measure, value in MEASURES.items():  # penetration first: agent use is capped by it
@@ -168,8 +170,8 @@ def build_report(
                 months,
                 [value(c) for c in cells[key]],
                 config.targets,
-                orgs=cells[key][-1].orgs,
-                adopting=count(cells[key][-1]),
+                orgs=cells[key][-1].orgs if cells[key] else 0,
+                adopting=count(cells[key][-1]) if cells[key] else 0,
                 model=(SUM if any(p.fit for p in result.sectors.values()) else None)
                 if key == TOTAL
                 else None,

@@ -5,10 +5,12 @@ The sectors are forecast one by one (``diffusion``), and the total is their sum 
 is the weighted sum of theirs, and its 80% band the percentiles of the weighted sums of their sample paths, so
 it carries their uncertainty. Another cut of the same register (regions, size classes) is forecast one by one
 too and then reconciled to that total top-down by forecast proportions (Athanasopoulos, Ahmed & Hyndman 2009),
-path by path: the total's growth from its last observation is shared among the parts in proportion to each
-part's own forecast growth. Every path of every part still sums to the same total path. Nixtla's ``hierarchicalforecast`` implements these methods (BottomUp, MinT) but works
-on pandas frames and brings pandas, scikit-learn, narwhals, utilsforecast and a QP solver with it; the sum
-here is one matrix product (docs/adoption.md, "Coherent forecasts").
+month by month and path by path: the total's change is shared among the parts in proportion to each part's own
+forecast change. Every path of every part still sums to the same total path.
+
+Nixtla's ``hierarchicalforecast`` implements these methods (and MinT) but works on pandas frames and brings
+pandas, scikit-learn, narwhals, utilsforecast and a QP solver with it; the sums here are a few lines of numpy
+(docs/adoption.md, "Coherent forecasts").
 """
 
 from __future__ import annotations
@@ -32,9 +34,7 @@ class Part:
 
     dates: Sequence[date]
     shares: Sequence[float]
-    last: (
-        float | None
-    )  # the share the forecast starts from; None: where the fitted curve is at the grid's start
+    last: float | None  # where the forecast starts; None: where the fitted curve is at the grid's start
     orgs: int
 
 

@@ -122,6 +122,41 @@ def _parts(
     return out
 
 
+def _forecasts(
+    series: Series, grid: Grid, targets, fit_on: str, observations: dict[str, list[dict]], resamples: int
+) -> dict[str, dict[str, Forecast]]:
+    """Each measure's coherent forecasts, judged: ``{measure: {group or TOTAL: Forecast}}``."""
+    months, by = series.months, series.by
+    cells = {**series.groups, TOTAL: series.total}
+    out: dict[str, dict[str, Forecast]] = {}
+    done: dict[str, Coherent] = {}
+    for measure, value in MEASURES.items():  # penetration first: agent use is capped by it
+        obs = observations if measure == "penetration" else {}
+        sectors = _parts(months, series.cuts["sector"], value, obs, fit_on if obs else "ledger")
+        cut = None if by == "sector" else _parts(months, series.groups, value, {}, "ledger")
+        result = coherent(
+            grid, sectors, cut, resamples=resamples, seed=measure, below=done.get("penetration")
+        )
+        done[measure] = result
+        count = (lambda c: c.adopting) if measure == "penetration" else (lambda c: c.agent or 0)
+        fitted = any(p.fit for p in result.sectors.values())
+        out[measure] = {}
+        for key, projection in [*result.parts.items(), (TOTAL, result.total)]:
+            latest = cells[key][-1] if cells[key] else Cell()
+            out[measure][key] = judge(
+                projection,
+                grid,
+                months,
+                [value(c) for c in cells[key]],
+                targets,
+                orgs=latest.orgs,
+                adopting=count(latest),
+                model=(SUM if fitted else None) if key == TOTAL else None,
+                note="" if key != TOTAL or result.sectors else "the register is empty",
+            )
+    return out
+
+
 def build_report(
     conn: sa.Connection,
     config: AdoptionConfig,
@@ -150,38 +185,10 @@ def build_report(
     # no complete month since the first usage (it all began this month): the forecasts start at last month
     last = months[-1] if months else last_complete_month_end(as_of or datetime.now(UTC).date())
     grid = Grid.after(last, config.targets)
-    forecasts: dict[str, dict[str, Forecast]] = {}
-    done: dict[str, Coherent] = {}
-    for measure, value in MEASURES.items():  # penetration first: agent use is capped by it
-        obs = (by_key if by == "sector" else {}) if measure == "penetration" else {}
-        sector_obs = by_key if measure == "penetration" else {}
-        sectors = _parts(months, series.cuts["sector"], value, sector_obs, fit_on if sector_obs else "ledger")
-        cut = None if by == "sector" else _parts(months, series.groups, value, obs, "ledger")
-        result = coherent(
-            grid, sectors, cut, resamples=resamples, seed=measure, below=done.get("penetration")
-        )
-        done[measure] = result
-        cells = {**series.groups, TOTAL: series.total}
-        count = (lambda c: c.adopting) if measure == "penetration" else (lambda c: c.agent or 0)
-        forecasts[measure] = {
-            key: judge(
-                projection,
-                grid,
-                months,
-                [value(c) for c in cells[key]],
-                config.targets,
-                orgs=cells[key][-1].orgs if cells[key] else 0,
-                adopting=count(cells[key][-1]) if cells[key] else 0,
-                model=(SUM if any(p.fit for p in result.sectors.values()) else None)
-                if key == TOTAL
-                else None,
-                note="" if key != TOTAL or result.sectors else "the register is empty",
-            )
-            for key, projection in [*result.parts.items(), (TOTAL, result.total)]
-        }
+    forecasts = _forecasts(series, grid, config.targets, fit_on, by_key, resamples)
     backtests = backtest(series, origins=backtest_origins) if backtest_origins else {}
-    for measure, result in backtests.items():
-        for key, accuracy in [*result.groups.items(), (TOTAL, result.total)]:
+    for measure, tested in backtests.items():
+        for key, accuracy in [*tested.groups.items(), (TOTAL, tested.total)]:
             forecasts[measure][key].backtest = accuracy.as_dict()
             forecasts[measure][key].backtest["summary"] = accuracy.summary()
 

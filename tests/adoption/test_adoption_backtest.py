@@ -114,23 +114,3 @@ def test_backtest_service_and_table_on_the_demo(tmp_path):
     console.print(backtest_table(results))
     text = console.export_text()
     assert "region (pooled)" in text and "12-mo in band" in text and "agents" in text
-
-
-def test_backtest_command_through_the_cli_contract(tmp_path, capsys):
-    shell = pytest.importorskip("aiplus.cli.shell")  # the CLI package is being built; the lead wires this in
-    import argparse
-    import json
-
-    from aiplus.cli_adoption_backtest_pending import add_backtest
-
-    parser = argparse.ArgumentParser(prog="aiplus")
-    adoption = parser.add_subparsers().add_parser("adoption")
-    add_backtest(adoption.add_subparsers())
-    config = tmp_path / "aiplus.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\nsecret = "s"\n')
-    args = parser.parse_args(["adoption", "backtest", "--format", "json", "--config", str(config)])
-    assert args.func(args) in (0, None)
-    assert set(json.loads(capsys.readouterr().out)) == {"penetration", "agents"}
-    args = parser.parse_args(["adoption", "backtest", "--origins", "0", "--config", str(config)])
-    assert args.func(args) != 0 and "--origins must be" in capsys.readouterr().err
-    assert shell.UserError

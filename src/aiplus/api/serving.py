@@ -30,6 +30,7 @@ from aiplus.api.errors import APIError
 from aiplus.config import ModelConfig, Settings
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
+from aiplus.engines.reported_usage import UNKNOWN_CONTEXT, count
 from aiplus.metering.events import UsageEvent
 from aiplus.metrics import TOKENS_SERVED
 from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
@@ -379,12 +380,16 @@ class Call:
             self.lease.output(delta.tokens)
             if self.first_token is None:
                 self.first_token = time.perf_counter()
-        if delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens:
-            self.lease.adjust_prompt(delta.prompt_tokens)
-            self.prompt_tokens = delta.prompt_tokens
-        if delta.completion_tokens is not None and delta.completion_tokens != self.completion_tokens:
-            self.lease.output(delta.completion_tokens - self.completion_tokens)
-            self.completion_tokens = delta.completion_tokens
+        # engines check what their upstreams report; this keeps any count that is not one out of the ledger
+        ceiling = max(self.model.engine.context_length or 0, UNKNOWN_CONTEXT)
+        prompt = count(delta.prompt_tokens, ceiling)
+        if prompt is not None and prompt != self.prompt_tokens:
+            self.lease.adjust_prompt(prompt)
+            self.prompt_tokens = prompt
+        completion = count(delta.completion_tokens, ceiling)
+        if completion is not None and completion != self.completion_tokens:
+            self.lease.output(completion - self.completion_tokens)
+            self.completion_tokens = completion
         if delta.tool_calls:
             self.used_tools = True
 

@@ -29,6 +29,8 @@ from aiplus.engines.base import (
     UpstreamError,
     estimate_tokens,
 )
+from aiplus.engines.reported_usage import PER_MESSAGE_TOKENS as PER_INPUT_TOKENS
+from aiplus.engines.reported_usage import UsageBounds
 
 
 class Replica:
@@ -247,10 +249,11 @@ class UpstreamEngine(Engine):
         replica, response = await self._open(path, self._body(request))
         finished = False
         try:
+            bounds = UsageBounds.of(request, self.config.context_length, replica.url)
             if not request.stream:
-                yield [self._whole(request, await response.read())]
+                yield [self._whole(request, await response.read(), bounds)]
             else:
-                async for batch in self._relay(request, response):
+                async for batch in self._relay(request, response, bounds):
                     yield batch
             finished = True
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -271,12 +274,11 @@ class UpstreamEngine(Engine):
         finally:
             await batches.aclose()
 
-    def _whole(self, request: GenerationRequest, data: bytes) -> Delta:
+    def _whole(self, request: GenerationRequest, data: bytes, bounds: UsageBounds) -> Delta:
         try:
             body = orjson.loads(data)
             choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            if not isinstance(choice, dict) or not isinstance(usage, dict):
+            if not isinstance(choice, dict):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise EngineError("upstream sent an answer that is not an OpenAI completion") from None
@@ -287,19 +289,19 @@ class UpstreamEngine(Engine):
             tool_calls = message.get("tool_calls")
         else:
             text, reasoning, tool_calls = choice.get("text") or "", "", None
-        completion = usage.get("completion_tokens")
+        prompt, completion = bounds.usage(body.get("usage"))
         return Delta(
             text=text,
             reasoning=reasoning,
             tool_calls=tool_calls,
             finish_reason=choice.get("finish_reason") or "stop",
             tokens=completion if completion is not None else estimate_tokens(text + reasoning),
-            prompt_tokens=usage.get("prompt_tokens"),
+            prompt_tokens=prompt,
             completion_tokens=completion,
         )
 
     async def _relay(
-        self, request: GenerationRequest, response: aiohttp.ClientResponse
+        self, request: GenerationRequest, response: aiohttp.ClientResponse, bounds: UsageBounds
     ) -> AsyncIterator[list[Delta]]:
         """The upstream's SSE events as deltas, one list per network read: what arrived together leaves together."""
         chat = request.kind == "chat"
@@ -315,14 +317,14 @@ class UpstreamEngine(Engine):
                 if payload == b"[DONE]":
                     done = True
                     break
-                self._event(payload, chat, batch)
+                self._event(payload, chat, batch, bounds)
             if batch:
                 yield batch
             if done:
                 return
 
     @staticmethod
-    def _event(payload: bytes, chat: bool, batch: list[Delta]) -> None:
+    def _event(payload: bytes, chat: bool, batch: list[Delta], bounds: UsageBounds) -> None:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -352,11 +354,8 @@ class UpstreamEngine(Engine):
                 )
         usage = chunk.get("usage")
         if usage:
-            batch.append(
-                Delta(
-                    prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens")
-                )
-            )
+            prompt, completion = bounds.usage(usage)
+            batch.append(Delta(prompt_tokens=prompt, completion_tokens=completion))
 
     async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
         body = orjson.dumps({"model": self._model_name, "input": inputs})
@@ -371,5 +370,8 @@ class UpstreamEngine(Engine):
         finally:
             replica.outstanding -= 1
             response.release()
-        tokens = (data.get("usage") or {}).get("prompt_tokens") or sum(estimate_tokens(t) for t in inputs)
+        size = sum(len(t.encode()) + PER_INPUT_TOKENS for t in inputs)
+        bounds = UsageBounds(size, 0, replica.url)
+        reported, _ = bounds.usage(data.get("usage") if isinstance(data, dict) else None)
+        tokens = reported or sum(estimate_tokens(t) for t in inputs)
         return Embeddings(vectors=vectors, prompt_tokens=tokens)

@@ -24,6 +24,17 @@ from aiplus.metering.journal import Journal, read_segment
 __all__ = ["Ledger", "UsageEvent", "write_events"]
 
 log = logging.getLogger(__name__)
+# The errors of a database that is away (down, restarting, unreachable): the batch is retried later, unless the
+# database answers and still refuses it STUBBORN times in a row, which only a bad event explains.
+_AWAY = (sa.exc.OperationalError, sa.exc.InterfaceError)
+STUBBORN = 5
+
+
+def _line(event: UsageEvent) -> bytes:
+    try:
+        return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # a value orjson cannot encode either (an int beyond 64 bits)
+        return orjson.dumps(repr(event), option=orjson.OPT_APPEND_NEWLINE)
 
 
 class Ledger:
@@ -48,6 +59,7 @@ class Ledger:
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
         self._flushing = asyncio.Lock()
+        self._strikes = 0  # failed tries of the batch at the head of the backlog
         self.replayed = 0  # events found in leftover segments at start
         self.written = 0  # new rows this process inserted
 
@@ -55,20 +67,49 @@ class Ledger:
         """Replay what crashed processes left in the journal (idempotent), then start the batch writer."""
         self._journal.open()
         for path in self._journal.leftovers():
-            events = [UsageEvent.from_row(row) for row in read_segment(path)]
-            await self._write(events)
-            path.unlink(missing_ok=True)
+            events = self._readable(path)
             self.replayed += len(events)
+            try:
+                await self._write(events)
+            except Exception as exc:  # the database is away: the writer retries them; the server still starts
+                log.warning("ledger: replay of %s deferred (%s)", path.name, exc)
+                self._backlog.append((path, events))
+                continue
+            path.unlink(missing_ok=True)
         if self.replayed:
             log.info("ledger: replayed %d journaled events", self.replayed)
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._run(), name="aiplus-ledger-writer")
 
+    def _readable(self, path: Path) -> list[UsageEvent]:
+        """The events of a leftover segment; a line that is no event goes to the dead-letter file."""
+        events = []
+        for row in read_segment(path):
+            try:
+                events.append(UsageEvent.from_row(row))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self._dead_letter(orjson.dumps(row), f"{path.name}: not a usage event ({exc!r:.200})")
+        return events
+
+    def _dead_letter(self, line: bytes, why: str) -> None:
+        """Keep an event the database will not take out of the way of the others, for an operator to look at."""
+        log.error("ledger: %s; kept in %s", why, self._quarantine)
+        try:
+            with self._quarantine.open("ab") as fh:
+                fh.write(line if line.endswith(b"\n") else line + b"\n")
+            self._quarantine.chmod(0o600)
+        except OSError as exc:
+            log.error("ledger: cannot write the dead-letter file (%s); dropped: %.500s", exc, line)
+
     def record(self, event: UsageEvent) -> None:
         """Journal one event (durable against kill -9 once this returns) and queue it for the database."""
         if event.started_at.tzinfo is None:
             raise ValueError(f"usage event {event.request_id}: started_at must be timezone-aware UTC")
-        line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError as exc:  # e.g. an int beyond 64 bits: no database column would take it either
+            self._dead_letter(_line(event), f"event {event.request_id!r} cannot be journaled ({exc})")
+            return
         with self._lock:
             self._pending.append(event)  # first: a failed journal write must not lose the event in memory too
             try:
@@ -94,7 +135,12 @@ class Ledger:
                 self._backlog.append((path, batch))
             while self._backlog:
                 path, batch = self._backlog[0]
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception:
+                    self._strikes += 1
+                    raise
+                self._strikes = 0
                 self._backlog.pop(0)
                 if path is not None:
                     path.unlink(missing_ok=True)
@@ -108,29 +154,36 @@ class Ledger:
         try:
             with self._engine.begin() as conn:
                 return write_events(conn, chunk)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError):
-            raise  # the database is away: retry the whole batch later
-        except (sa.exc.DBAPIError, ValueError):
-            return self._write_one_by_one(chunk)  # some event is malformed: keep it from blocking the rest
+        except _AWAY:
+            if self._strikes < STUBBORN or not self._reachable():
+                raise  # the database is away: retry the whole batch later
+        except Exception:  # some event is malformed (or overflows a column): find it below
+            pass
+        return self._write_one_by_one(chunk)
 
     def _write_one_by_one(self, chunk: list[UsageEvent]) -> int:
+        """Write events alone, so that the ones the database refuses go to the dead letter, not back in line."""
         written = 0
         for event in chunk:
             try:
                 with self._engine.begin() as conn:
                     written += write_events(conn, [event])
-            except (sa.exc.OperationalError, sa.exc.InterfaceError):
-                raise
-            except (sa.exc.DBAPIError, ValueError) as exc:
-                log.error(
-                    "ledger: event %s rejected by the database (%s); kept in %s",
-                    event.request_id,
-                    exc,
-                    self._quarantine.name,
-                )
-                with self._quarantine.open("ab") as fh:
-                    fh.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+            except _AWAY as exc:
+                if self._strikes < STUBBORN or not self._reachable():
+                    raise
+                self._dead_letter(_line(event), f"event {event.request_id!r} refused again and again ({exc})")
+            except Exception as exc:  # whatever this event does, it must not block the rest
+                self._dead_letter(_line(event), f"event {event.request_id!r} refused by the database ({exc})")
         return written
+
+    def _reachable(self) -> bool:
+        """Whether the database answers at all: if it does, a batch it refuses over and over is at fault."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
 
     async def _run(self) -> None:
         delay = self._flush_interval

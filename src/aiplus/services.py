@@ -59,12 +59,13 @@ async def start_services(
     *,
     say: Callable[[str], None] | None = print,
     redis_prefix: str | None = None,
+    terminal: bool | None = None,
 ) -> Services:
     """Open the database (migrated), bootstrap secrets and the demo org, start ledger, auth and limits."""
     redis_prefix = redis_prefix or key_prefix()
     db = create_engine(settings.db_url)
     await asyncio.to_thread(migrate, db)
-    boot = await asyncio.to_thread(bootstrap, db, settings, say)
+    boot = await asyncio.to_thread(bootstrap, db, settings, say, terminal)
     redis = create_redis(settings.redis_url) if settings.redis_url else None
     ledger = Ledger(db, settings.data_path)
     await ledger.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +24,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def private_directory(path: str | os.PathLike) -> Path:
+    """``path``, created owner-only (0700) where it is missing: it holds the server secret and key digests."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            directory.mkdir(mode=0o700)
+            directory.chmod(0o700)  # mkdir's mode passes through the umask
+    return path
+
+
+def private_file(path: str | os.PathLike) -> None:
+    """Create ``path`` empty and owner-only (0600) unless it exists (SQLite gives its -wal and -shm the same)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 def create_engine(url: str) -> sa.Engine:
     """An engine for ``url``; SQLite files get WAL mode and a busy timeout so readers never block the writer."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_directory(Path(path).parent)
+            private_file(path)
         # A small prepared-statement cache: the ledger's multi-row inserts differ in length, each cached one is
         # large, and the default 128 of them grew a server by ~1 KiB a request until the cache filled.
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "cached_statements": 4})
@@ -64,6 +83,7 @@ def _migration_lock(engine: sa.Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not path or path == ":memory:":
         yield
         return
+    private_file(f"{path}.migrate-lock")
     with open(f"{path}.migrate-lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

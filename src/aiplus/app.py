@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import openai as openai_api
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, from_storage
 from aiplus.api.serving import ClientGone, ModelRuntime, Runtime
 from aiplus.config import Settings
 from aiplus.engines import create_engine
@@ -68,6 +68,10 @@ async def _client_gone(_: Request, __: ClientGone) -> Response:
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
+    away = from_storage(exc)
+    if away is not None:
+        log.warning("database unavailable: %s", exc)
+        return away.to_response()
     log.exception("unexpected error", exc_info=exc)
     return _envelope(500, "The server had an error while processing your request.", "server_error")
 

@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from aiplus.api.errors import APIError, from_tenancy
+from aiplus.api.errors import APIError, from_tenancy, unavailable
 from aiplus.metering.usage import parse_day, query_usage, totals
 from aiplus.tenancy.auth import Principal
 from aiplus.tenancy.errors import AuthUnavailable, TenancyError
@@ -69,7 +69,7 @@ async def require_principal(request: Request, _creds: Any = Depends(key_scheme))
     try:
         principal = await request.app.state.authenticator.authenticate(token)
     except AuthUnavailable as exc:
-        raise APIError(503, f"{exc}; retry shortly.", code="service_unavailable") from None
+        raise unavailable(f"{exc}; retry shortly.") from None
     if principal is None:
         raise APIError(
             401,

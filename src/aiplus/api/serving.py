@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from aiplus import protocol
 from aiplus.api.admin import require_principal
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, unavailable
 from aiplus.config import ModelConfig, Settings
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
@@ -268,10 +268,8 @@ class Call:
             self._finish("error")
             if isinstance(exc, Exception):  # e.g. the database behind the month's quota is down
                 log.exception("admission failed", exc_info=exc)
-                raise APIError(
-                    503,
-                    "The service could not admit the request just now; retry shortly.",
-                    code="service_unavailable",
+                raise unavailable(
+                    "The service could not admit the request just now; retry shortly."
                 ) from None
             raise
 

@@ -18,7 +18,7 @@ from aiplus.metering.ledger import Ledger
 from aiplus.metering.tariffs import Tariff
 from aiplus.scheduling.limits import Limiter, create_limiter
 from aiplus.storage.db import create_engine, migrate
-from aiplus.storage.redis import DEFAULT_PREFIX, create_redis, key_prefix
+from aiplus.storage.redis import DEFAULT_PREFIX, breaker, create_redis, key_prefix
 from aiplus.tenancy.auth import Authenticator
 from aiplus.tenancy.bootstrap import bootstrap
 from aiplus.tenancy.secrets import AdminAuth
@@ -97,5 +97,6 @@ async def stop_services(services: Services) -> None:
     await services.authenticator.close()
     await services.ledger.close()
     if services.redis is not None:
+        breaker(services.redis).close()
         await services.redis.aclose()
     await asyncio.to_thread(services.db.dispose)

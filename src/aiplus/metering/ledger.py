@@ -58,6 +58,7 @@ class Ledger:
         self._backlog: list[tuple[Path | None, list[UsageEvent]]] = []  # rotated, not yet committed
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
+        self._closing = False
         self._flushing = asyncio.Lock()
         self._strikes = 0  # failed tries of the batch at the head of the backlog
         self.replayed = 0  # events found in leftover segments at start
@@ -187,7 +188,7 @@ class Ledger:
 
     async def _run(self) -> None:
         delay = self._flush_interval
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
@@ -205,7 +206,9 @@ class Ledger:
     async def close(self) -> None:
         """Flush everything (graceful shutdown). Unwritten events stay in the journal for the next start."""
         if self._writer is not None:
-            self._writer.cancel()
+            # not cancelled: a batch it is writing (in a thread, which runs on regardless) would be written again
+            self._closing = True
+            self._wake.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None

@@ -4,6 +4,7 @@ Run as ``python faulty_upstream.py PORT [STALL]``. Only for what is outside this
 
 - The last user message picks the usage it reports: ``huge`` (2**64-1), ``negative``, ``string``, ``float``,
   ``not-an-object``, ``too-many`` (more completion tokens than ``max_tokens``); anything else gets honest usage.
+  ``slow`` streams 100 pieces, one every 0.3 s.
 - ``STALL`` makes every generation stall (``/v1/models`` keeps answering, as a wedged engine's HTTP server often
   does): ``first`` sends nothing at all; ``idle`` sends the status line and two chunks, then nothing.
 """
@@ -56,8 +57,13 @@ async def generate(request: Request):
         kind = "chat.completion.chunk" if chat else "text_completion"
         return "data: " + json.dumps({**base, "object": kind, "choices": choices, **extra}) + "\n\n"
 
+    slow = usage_for(body) is HONEST and "slow" in json.dumps(body.get("messages", ""))
+    pieces = ["word "] * 100 if slow else PIECES
+
     async def events():
-        for i, piece in enumerate(PIECES):
+        for i, piece in enumerate(pieces):
+            if slow:
+                await asyncio.sleep(0.3)
             if STALL == "idle" and i == 2:
                 await asyncio.sleep(3600)
             delta = {"delta": {"content": piece}} if chat else {"text": piece}

@@ -258,6 +258,7 @@ class Call:
         is metered and answered."""
         try:
             await self._admission(gen, inputs)
+            self.runtime.ledger.open(self.request_id, self._interrupted)
         except APIError:
             self._finish("rejected")
             raise
@@ -334,43 +335,47 @@ class Call:
         if self.lease is not None:
             self.lease.release()
         runtime = self.runtime
-        # billed: an answer, or the part of one the client received; not a refusal, a wait, or a failed start
-        billed = status == "ok" or self.completion_tokens > 0
-        if not billed:
-            self.prompt_tokens = self.completion_tokens = 0
-        total = self.prompt_tokens + self.completion_tokens
+        event = self._event(status)
+        total = event.prompt_tokens + event.completion_tokens
         if self.reservation is not None:
             pending = runtime.limiter.settle_nowait(self.reservation, total)
             if pending is not None:
                 runtime.services.background(pending)
+        runtime.ledger.record(event)
+        if total:
+            model_id, tier = self.model.config.id, self.principal.tier
+            TOKENS_SERVED.labels(model_id, tier, "prompt").inc(event.prompt_tokens)
+            TOKENS_SERVED.labels(model_id, tier, "completion").inc(event.completion_tokens)
+
+    def _interrupted(self) -> UsageEvent:
+        """The event to record if this process dies before the call ends (the ledger journals it as it goes)."""
+        return self._event("interrupted")
+
+    def _event(self, status: str) -> UsageEvent:
+        # billed: an answer, or the part of one the client received; not a refusal, a wait, or a failed start
+        billed = status == "ok" or self.completion_tokens > 0
+        prompt, completion = (self.prompt_tokens, self.completion_tokens) if billed else (0, 0)
         model_id = self.model.config.id
-        tier = self.principal.tier
         cost = (
-            runtime.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens)
-            if total
+            self.runtime.tariff.cost_micros(model_id, self.principal.tier, prompt, completion)
+            if prompt or completion
             else 0
         )
-        now = time.perf_counter()
-        runtime.ledger.record(
-            UsageEvent(
-                request_id=self.request_id,
-                org_id=self.principal.org_id,
-                key_id=self.principal.key_id,
-                model=model_id,
-                endpoint=self.endpoint,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                status=status,
-                used_tools=self.used_tools,
-                started_at=self.started_at,
-                ttft_ms=None if self.first_token is None else int((self.first_token - self.started) * 1000),
-                duration_ms=int((now - self.started) * 1000),
-                cost_micros=cost,
-            )
+        return UsageEvent(
+            request_id=self.request_id,
+            org_id=self.principal.org_id,
+            key_id=self.principal.key_id,
+            model=model_id,
+            endpoint=self.endpoint,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            status=status,
+            used_tools=self.used_tools,
+            started_at=self.started_at,
+            ttft_ms=None if self.first_token is None else int((self.first_token - self.started) * 1000),
+            duration_ms=int((time.perf_counter() - self.started) * 1000),
+            cost_micros=cost,
         )
-        if total:
-            TOKENS_SERVED.labels(model_id, tier, "prompt").inc(self.prompt_tokens)
-            TOKENS_SERVED.labels(model_id, tier, "completion").inc(self.completion_tokens)
 
     def _account(self, delta: Delta) -> None:
         if delta.tokens:

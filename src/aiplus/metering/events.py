@@ -12,7 +12,7 @@ from aiplus.storage.db import transaction
 from aiplus.storage.tables import usage_daily, usage_events
 
 ENDPOINTS = ("chat", "completion", "embedding")
-STATUSES = ("ok", "error", "cancelled", "rejected")
+STATUSES = ("ok", "error", "cancelled", "rejected", "interrupted")  # interrupted: its process died
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -27,7 +28,12 @@ log = logging.getLogger(__name__)
 # The errors of a database that is away (down, restarting, unreachable): the batch is retried later, unless the
 # database answers and still refuses it STUBBORN times in a row, which only a bad event explains.
 _AWAY = (sa.exc.OperationalError, sa.exc.InterfaceError)
+OPEN = "running"  # marks a journal line that is a snapshot of a call in progress, not its final event
 STUBBORN = 5
+
+
+def _as_row(event: UsageEvent) -> dict:
+    return {name: getattr(event, name) for name in UsageEvent.__slots__}
 
 
 def _line(event: UsageEvent) -> bytes:
@@ -59,6 +65,8 @@ class Ledger:
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task | None = None
         self._closing = False
+        self._running: dict[str, list] = {}  # request id -> [snapshot function, progress last journaled]
+        self.interrupted = 0  # calls found still running in leftover segments, recorded as interrupted
         self._flushing = asyncio.Lock()
         self._strikes = 0  # failed tries of the batch at the head of the backlog
         self.replayed = 0  # events found in leftover segments at start
@@ -67,8 +75,17 @@ class Ledger:
     async def start(self) -> None:
         """Replay what crashed processes left in the journal (idempotent), then start the batch writer."""
         self._journal.open()
-        for path in self._journal.leftovers():
-            events = self._readable(path)
+        segments = [(path, *self._readable(path)) for path in self._journal.leftovers()]
+        finished = {event.request_id for _path, events, _running in segments for event in events}
+        running = {event.request_id: event for _path, _events, snaps in segments for event in snaps}
+        for (
+            request_id,
+            event,
+        ) in running.items():  # the last snapshot of each call a dead process left running
+            if request_id not in finished:
+                self.record(event)  # journaled here before the segments holding its snapshots are deleted
+                self.interrupted += 1
+        for path, events, _running in segments:
             self.replayed += len(events)
             try:
                 await self._write(events)
@@ -82,15 +99,37 @@ class Ledger:
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._run(), name="aiplus-ledger-writer")
 
-    def _readable(self, path: Path) -> list[UsageEvent]:
-        """The events of a leftover segment; a line that is no event goes to the dead-letter file."""
-        events = []
+    def _readable(self, path: Path) -> tuple[list[UsageEvent], list[UsageEvent]]:
+        """The events of a leftover segment, and its snapshots of calls still running; a line that is neither
+        goes to the dead-letter file."""
+        events, running = [], []
         for row in read_segment(path):
             try:
-                events.append(UsageEvent.from_row(row))
+                (running if row.get(OPEN) else events).append(UsageEvent.from_row(row))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 self._dead_letter(orjson.dumps(row), f"{path.name}: not a usage event ({exc!r:.200})")
-        return events
+        return events, running
+
+    def open(self, request_id: str, snapshot: Callable[[], UsageEvent]) -> None:
+        """Journal a call as it is admitted, and then its progress: should this process die before the call's
+        ``record``, the next start records the last snapshot (status ``interrupted``, the tokens known then)."""
+        with self._lock:
+            self._running[request_id] = [snapshot, None]
+            self._snapshot(request_id)
+
+    def _snapshot(self, request_id: str, force: bool = False) -> None:
+        entry = self._running[request_id]
+        event = entry[0]()
+        progress = (event.prompt_tokens, event.completion_tokens)
+        if progress == entry[1] and not force:
+            return
+        entry[1] = progress
+        try:
+            self._journal.append(
+                orjson.dumps({OPEN: True, **_as_row(event)}, option=orjson.OPT_APPEND_NEWLINE)
+            )
+        except (OSError, TypeError) as exc:  # the call itself is recorded when it ends
+            log.warning("usage journal: cannot note call %s in progress (%s)", request_id, exc)
 
     def _dead_letter(self, line: bytes, why: str) -> None:
         """Keep an event the database will not take out of the way of the others, for an operator to look at."""
@@ -112,6 +151,7 @@ class Ledger:
             self._dead_letter(_line(event), f"event {event.request_id!r} cannot be journaled ({exc})")
             return
         with self._lock:
+            self._running.pop(event.request_id, None)
             self._pending.append(event)  # first: a failed journal write must not lose the event in memory too
             try:
                 self._journal.append(line)
@@ -132,6 +172,8 @@ class Ledger:
             with self._lock:
                 batch, self._pending = self._pending, []
                 path = self._journal.rotate() if batch else None
+                for request_id in self._running:  # a new segment gets them all: the old one is deleted soon
+                    self._snapshot(request_id, force=path is not None)
             if batch:
                 self._backlog.append((path, batch))
             while self._backlog:

@@ -29,11 +29,8 @@ log = logging.getLogger(__name__)
 # database answers and still refuses it STUBBORN times in a row, which only a bad event explains.
 _AWAY = (sa.exc.OperationalError, sa.exc.InterfaceError)
 OPEN = "running"  # marks a journal line that is a snapshot of a call in progress, not its final event
+_RUNNING = b'{"' + OPEN.encode() + b'":true,'  # prepended to the event's own JSON object (no dict built)
 STUBBORN = 5
-
-
-def _as_row(event: UsageEvent) -> dict:
-    return {name: getattr(event, name) for name in UsageEvent.__slots__}
 
 
 def _line(event: UsageEvent) -> bytes:
@@ -125,9 +122,7 @@ class Ledger:
             return
         entry[1] = progress
         try:
-            self._journal.append(
-                orjson.dumps({OPEN: True, **_as_row(event)}, option=orjson.OPT_APPEND_NEWLINE)
-            )
+            self._journal.append(_RUNNING + orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)[1:])
         except (OSError, TypeError) as exc:  # the call itself is recorded when it ends
             log.warning("usage journal: cannot note call %s in progress (%s)", request_id, exc)
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from aiplus.metering.ledger import Ledger, UsageEvent
 from aiplus.storage.tables import usage_events
 from tests.conftest import start_server
-from tests.metering.test_upstream_usage import database, fake_upstream  # noqa: F401 - the fixture
+from tests.metering.test_upstream_usage import database, fake_upstream, ledger_rows  # noqa: F401 - the fixture
 
 PRICES = '[[prices]]\nmodel = "*"\ninput_per_mtok = 1000000\noutput_per_mtok = 2000000\n'
 
@@ -48,6 +48,7 @@ def test_streams_cut_by_kill_9_are_metered_as_interrupted(tmp_path, database):  
                 time.sleep(1.0)  # a few of the ledger's ticks: the journal knows their progress
                 server.stop(signal.SIGKILL)
             server = start_server(tmp_path, config, env=env, data_dir=server.data_dir)
+            ledger_rows(engine, set(received))  # the replayed calls reach the database with the next batch
             with engine.connect() as conn:
                 rows = {
                     r.request_id: r

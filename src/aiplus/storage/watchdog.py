@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -29,7 +30,7 @@ class Watchdog:
         self.statement_s = statement_s
         self.ping_s = ping_s
         self._tick = tick_s
-        self._deadlines: dict[int, tuple[float, int]] = {}  # id(dbapi connection) -> (deadline, socket fd)
+        self._deadlines: dict[int, tuple[float, weakref.ref]] = {}  # id(dbapi connection) -> (deadline, it)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -37,6 +38,8 @@ class Watchdog:
         """Guard every connection of ``engine`` (a checkout ping replaces ``pool_pre_ping``)."""
         sa.event.listen(engine, "checkout", self._ping)
         sa.event.listen(engine, "checkin", lambda dbapi, _record: self.disarm(dbapi))
+        sa.event.listen(engine, "close", lambda dbapi, _record: self.disarm(dbapi))
+        sa.event.listen(engine, "invalidate", lambda dbapi, _record, _exc: self.disarm(dbapi))
         sa.event.listen(engine, "reset", lambda dbapi, _record, _state: self.arm(dbapi, self.statement_s))
         sa.event.listen(engine, "before_cursor_execute", self._before)
         sa.event.listen(engine, "after_cursor_execute", self._after)
@@ -45,12 +48,11 @@ class Watchdog:
         sa.event.listen(engine, "rollback", self._arm_conn)
 
     def arm(self, dbapi_connection, seconds: float) -> None:
-        try:
-            fd = dbapi_connection.fileno()
-        except Exception:  # already closed: nothing to wait for
-            return
         with self._lock:
-            self._deadlines[id(dbapi_connection)] = (time.monotonic() + seconds, fd)
+            self._deadlines[id(dbapi_connection)] = (
+                time.monotonic() + seconds,
+                weakref.ref(dbapi_connection),
+            )
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="aiplus-db-watchdog", daemon=True)
                 self._thread.start()
@@ -71,14 +73,17 @@ class Watchdog:
             self.disarm(dbapi_connection)
 
     def _arm_conn(self, conn: sa.Connection) -> None:
-        if conn is not None and not conn.info.get(PATIENT):
-            with contextlib.suppress(sa.exc.SQLAlchemyError):
+        if conn is None or conn.invalidated:  # nothing goes over the wire (and ``.connection`` would raise)
+            return
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            if not conn.info.get(PATIENT):
                 self.arm(conn.connection.dbapi_connection, self.statement_s)
 
     def _disarm_conn(self, conn: sa.Connection | None) -> None:
-        if conn is not None:
-            with contextlib.suppress(sa.exc.SQLAlchemyError):
-                self.disarm(conn.connection.dbapi_connection)
+        if conn is None or conn.invalidated:
+            return
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            self.disarm(conn.connection.dbapi_connection)
 
     def _before(self, conn, _cursor, _statement, _parameters, _context, _executemany) -> None:
         self._arm_conn(conn)
@@ -91,20 +96,23 @@ class Watchdog:
             time.sleep(self._tick)
             now = time.monotonic()
             with self._lock:
-                late = [(key, fd) for key, (deadline, fd) in self._deadlines.items() if deadline < now]
-                for key, _fd in late:
-                    del self._deadlines[key]
-            for _key, fd in late:
-                log.warning("database: no answer in time; cutting the connection (fd %d)", fd)
-                _shut(fd)
+                late = [key for key, (deadline, _ref) in self._deadlines.items() if deadline < now]
+                connections = [self._deadlines.pop(key)[1]() for key in late]
+                for connection in connections:  # under the lock: a disarm cannot slip in between
+                    if connection is not None:
+                        _shut(connection)
 
 
-def _shut(fd: int) -> None:
-    """Shut the socket down (not close: the driver still owns the descriptor): its wait ends with an error."""
+def _shut(dbapi_connection) -> None:
+    """Shut its socket down (not close: the driver still owns the descriptor): its wait ends with an error."""
     try:
+        if dbapi_connection.closed:
+            return
+        fd = dbapi_connection.fileno()  # asked now, so never a descriptor since closed and reused
         sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
+    except Exception:  # closed meanwhile: nothing to cut
         return
+    log.warning("database: no answer in time; cutting the connection (fd %d)", fd)
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()

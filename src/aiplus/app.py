@@ -20,7 +20,7 @@ from aiplus.api import adoption as adoption_api
 from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api.auth import require_admin_dependency
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, from_storage
 from aiplus.api.serving import ClientGone
 from aiplus.config import Settings
 from aiplus.metrics import INFLIGHT
@@ -68,6 +68,10 @@ async def _client_gone(_: Request, __: ClientGone) -> Response:
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
+    away = from_storage(exc)
+    if away is not None:
+        log.warning("database unavailable: %s", exc)
+        return away.to_response()
     log.exception("unexpected error", exc_info=exc)
     return _envelope(500, "The server had an error while processing your request.", "server_error")
 

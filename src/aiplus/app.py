@@ -21,7 +21,7 @@ from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError, from_storage
-from aiplus.api.serving import ClientGone
+from aiplus.api.streams import ClientGone
 from aiplus.config import Settings
 from aiplus.metrics import INFLIGHT
 from aiplus.services import start_services, stop_services

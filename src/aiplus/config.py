@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+DEFAULT_REDIS_PREFIX = "aiplus:"
 SECTORS = (
     "agriculture",
     "manufacturing",
@@ -143,7 +144,9 @@ class Settings:
     data_dir: str = "~/.local/share/aiplus"
     database_url: str | None = None  # default: SQLite under data_dir
     redis_url: str | None = None
-    redis_prefix: str = "aiplus:"  # every Redis key starts with it: deployments sharing a Redis stay apart
+    redis_prefix: str = (
+        DEFAULT_REDIS_PREFIX  # every Redis key starts with it: deployments sharing a Redis stay apart
+    )
     revocation: str = "strict"  # how other processes hear of a revocation through Redis: see tenancy/auth.py
     admin_token: str | None = None
     secret: str | None = None  # HMAC key for API keys; generated and stored under data_dir when unset

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import openai as openai_api
+from aiplus.api import responses as responses_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
 from aiplus.api.serving import ClientGone
@@ -130,7 +131,8 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         version="0.1.0",
         lifespan=lifespan,
     )
-    for route in openai_api.routes:
+    routes = [*openai_api.routes, *responses_api.routes]
+    for route in routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
     app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
@@ -140,4 +142,4 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
-    return Gateway(app, openai_api.routes)
+    return Gateway(app, routes)

@@ -122,6 +122,10 @@ class OutputWriter:
 
     def _grow(self, kind: str, text: str, events: list[dict[str, Any]]) -> None:
         if self._open is None or self._open["type"] != kind:
+            if self._splitter is not None:  # R1 writes newlines around its thoughts: not part of either item
+                text = text.lstrip("\n")
+                if not text:
+                    return
             if kind == "message":
                 item = {
                     "type": "message",

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 from procstat import Server
-from targets import PYTHON, Direct, free_port
+from targets import BENCH_TIER, PYTHON, Direct, free_port
 
 from aiplus.responses import store
 from aiplus.storage.db import create_engine
@@ -43,6 +43,7 @@ def start_aiplus(workdir: Path, db_url: str, upstream: str) -> tuple[Server, str
     config.write_text(
         f'[server]\ndata_dir = "{workdir / f"data-{port}"}"\ndatabase_url = "{db_url}"\n'
         f'[[models]]\nid = "{MODEL}"\nengine = "openai"\nupstreams = ["{upstream}"]\nmax_concurrency = 8\n'
+        f"[tiers.{BENCH_TIER}]\nrequests_per_minute = 100000000\ntokens_per_minute = 10000000000\n"
     )
     env = {**os.environ, "AIPLUS_ADMIN_TOKEN": ADMIN}
     env.pop("AIPLUS_CONFIG", None)
@@ -55,7 +56,9 @@ def start_aiplus(workdir: Path, db_url: str, upstream: str) -> tuple[Server, str
 
 def new_key(url: str, name: str) -> tuple[str, str]:
     admin = {"authorization": f"Bearer {ADMIN}"}
-    org = httpx.post(f"{url}/admin/orgs", json={"name": name, "sector": "ict"}, headers=admin).json()
+    org = httpx.post(
+        f"{url}/admin/orgs", json={"name": name, "sector": "ict", "tier": BENCH_TIER}, headers=admin
+    ).json()
     key = httpx.post(f"{url}/admin/orgs/{org['id']}/keys", json={"name": "bench"}, headers=admin).json()
     return org["id"], key["key"]
 

@@ -162,6 +162,8 @@ def _text(parts: list[dict[str, Any]]) -> str:
 
 
 def _chat_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if len(parts) == 1 and "text" in parts[0]:  # the common case, on every turn of every continuation
+        return parts[0]["text"]
     if all(p.get("type") != "input_image" for p in parts):
         return _text(parts)  # every chat template takes a string
     return [

@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             upstream.stop()
     last = f"continue turn {TURNS}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average at the end: {load} ({os.cpu_count()} CPUs; other work shares the machine)")
     print(
         f"\nResponses API state, {rounds} rounds of each request, interleaved (ms, client-side, keep-alive)\n"
     )

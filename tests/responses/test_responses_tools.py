@@ -180,3 +180,22 @@ def test_store_false_keeps_nothing(client, deployment):
             conn.execute(sa.select(stored_responses.c.id).where(stored_responses.c.id == r.id)).first()
             is None
         )
+
+
+def test_a_response_that_cannot_be_stored_fails_plainly(client, deployment):
+    """The database refuses the save: a 503 envelope, or ``response.failed`` as the stream's last event."""
+    with deployment.db.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE stored_responses RENAME TO stored_responses_away"))
+    try:
+        with pytest.raises(openai.InternalServerError) as err:
+            client.responses.create(model=TOOL_MODEL, input="lost")
+        assert err.value.status_code == 503 and err.value.code == "response_not_stored"
+        with client.responses.create(model=TOOL_MODEL, input="lost", stream=True) as stream:
+            events = list(stream)
+        assert events[-1].type == "response.failed"
+        assert events[-1].response.error.code == "response_not_stored"
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+    finally:
+        with deployment.db.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE stored_responses_away RENAME TO stored_responses"))
+    assert client.responses.create(model=TOOL_MODEL, input="back").status == "completed"

@@ -51,6 +51,12 @@ _ECHOED = (
 )
 
 
+class NotStored(EngineError):
+    status = 503
+    type = "server_error"
+    code = "response_not_stored"
+
+
 def _invalid(exc: translate.InvalidInput) -> APIError:
     return APIError(400, exc.message, param=exc.param, code=exc.code)
 
@@ -102,7 +108,8 @@ class ResponseRenderer:
     def _body(self, status: str) -> dict[str, Any]:
         return response_object(self.call.request_id, self.call.model.config.id, self.echo, status, [])
 
-    async def _final(self, finish: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _complete(self, finish: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The finished response and the events that close its last item."""
         incomplete = finish == "length"
         events = self.writer.close("incomplete" if incomplete else "completed")
         body = self._body("incomplete" if incomplete else "completed")
@@ -110,8 +117,13 @@ class ResponseRenderer:
         body["usage"] = usage(self.call.prompt_tokens, self.call.completion_tokens)
         if incomplete:
             body["incomplete_details"] = {"reason": "max_output_tokens"}
-        if self.store_it:
-            services = self.call.services
+        return body, events
+
+    async def _store(self, body: dict[str, Any]) -> None:
+        if not self.store_it:
+            return
+        services = self.call.services
+        try:
             await _db(
                 services,
                 store.save,
@@ -120,14 +132,19 @@ class ResponseRenderer:
                 self.new_items,
                 services.settings.responses_retention_days,
             )
-        return body, events
+        except Exception as exc:  # the database is away: say so as the answer's failure, not a broken stream
+            log.exception("response %s could not be stored", body["id"], exc_info=exc)
+            raise NotStored(
+                "The response was generated but could not be stored; retry shortly, or send store=false."
+            ) from None
 
     async def whole(self, deltas: list[Delta]) -> dict[str, Any]:
         finish = None
         for delta in deltas:
             self.writer.feed(delta.text, delta.reasoning, delta.tool_calls)
             finish = delta.finish_reason or finish
-        body, _ = await self._final(finish)
+        body, _ = self._complete(finish)
+        await self._store(body)
         return body
 
     async def events(self, batches: AsyncIterator[list[Delta]]) -> AsyncIterator[bytes]:
@@ -144,10 +161,12 @@ class ResponseRenderer:
                 finish = delta.finish_reason or finish
             if out:
                 yield b"".join(_sse(e) for e in out)
-        body, events = await self._final(finish)
+        body, closing = self._complete(finish)
+        if closing:
+            yield b"".join(_sse(e) for e in closing)
+        await self._store(body)  # before the last event: a client that continues at once finds it stored
         done = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
-        events.append(w.event(done, response=body))
-        yield b"".join(_sse(e) for e in events)
+        yield _sse(w.event(done, response=body))
 
     def failed(self, exc: EngineError) -> bytes:
         body = self._body("failed")

@@ -199,3 +199,46 @@ def test_a_response_that_cannot_be_stored_fails_plainly(client, deployment):
         with deployment.db.begin() as conn:
             conn.execute(sa.text("ALTER TABLE stored_responses_away RENAME TO stored_responses"))
     assert client.responses.create(model=TOOL_MODEL, input="back").status == "completed"
+
+
+def test_request_options_reach_the_upstream_and_are_echoed(client, tool_upstream):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    r = client.responses.create(
+        model=TOOL_MODEL,
+        input=[
+            {"role": "developer", "content": "Be terse."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Where?"}]},
+        ],
+        instructions="You are a travel agent.",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+        text={"format": {"type": "json_schema", "name": "place", "schema": schema, "strict": True}},
+        max_output_tokens=50,
+        temperature=0.5,
+        top_p=0.9,
+        service_tier="flex",
+        reasoning={"effort": "low"},
+        metadata={"ticket": "42"},
+    )
+    sent = seen(tool_upstream)[-1]
+    assert sent["messages"] == [
+        {"role": "system", "content": "You are a travel agent."},
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Where?"},
+    ]
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "place", "schema": schema, "strict": True},
+    }
+    assert (sent["parallel_tool_calls"], sent["service_tier"], sent["reasoning_effort"]) == (
+        False,
+        "flex",
+        "low",
+    )
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (50, 0.5, 0.9)
+    assert r.metadata == {"ticket": "42"} and r.instructions == "You are a travel agent."
+    assert r.parallel_tool_calls is False and r.temperature == 0.5 and r.text.format.type == "json_schema"
+    assert client.responses.retrieve(r.id).metadata == {"ticket": "42"}

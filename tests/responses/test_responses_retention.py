@@ -3,6 +3,7 @@ gateway, the admin API's storage report and the ``aiplus responses purge`` comma
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -106,3 +107,21 @@ def test_expiry_storage_report_and_purge_command(gateway, deployment, tmp_path):
     after = report()
     assert after["responses"] == 1 and after["expired"] == 0 and after["bytes"] < before["bytes"]
     assert client.responses.retrieve(second.id).id == second.id
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aiplus.cli",
+            "responses",
+            "storage",
+            "--org",
+            org_id,
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"{org_id}\s*│\s*1\s*│\s*{after['bytes']}\s*│\s*0", shown.stdout), shown.stdout

@@ -19,6 +19,7 @@ from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
+from aiplus.api import responses as responses_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError, from_storage
 from aiplus.api.streams import ClientGone
@@ -135,7 +136,8 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         version="0.1.0",
         lifespan=lifespan,
     )
-    for route in openai_api.routes:
+    routes = [*openai_api.routes, *responses_api.routes]
+    for route in routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
     app.include_router(billing_api.router)
@@ -146,4 +148,4 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
-    return Gateway(app, openai_api.routes)
+    return Gateway(app, routes)

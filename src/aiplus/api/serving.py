@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from starlette.requests import Request
@@ -52,7 +52,7 @@ log = logging.getLogger("aiplus")
 # Request ids: unique across processes and restarts (a random per-process part), without a syscall per request.
 _PROCESS_ID = os.urandom(7).hex()
 _SEQUENCE = itertools.count(1)
-_ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-"}
+_ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-", "responses": "resp_"}
 DEFAULT_RESERVED_COMPLETION = 1024  # reserved when a request names no max_tokens and the context is unknown
 
 
@@ -92,6 +92,16 @@ def _error_body(exc: EngineError) -> dict[str, Any]:
 
 def _api_error(exc: EngineError) -> APIError:
     return APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code)
+
+
+class Renderer(Protocol):
+    """Another endpoint's answer built from the accounted deltas of a chat generation (the Responses API)."""
+
+    async def whole(self, deltas: list[Delta]) -> dict[str, Any]: ...
+
+    def events(self, batches: AsyncIterator[list[Delta]]) -> AsyncIterator[bytes]: ...
+
+    def failed(self, exc: EngineError) -> bytes: ...
 
 
 class Call:
@@ -306,6 +316,55 @@ class Call:
             return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
         body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
         return json_response(body, headers=self.headers)
+
+    async def render(self, gen: GenerationRequest, renderer: Renderer) -> Response:
+        """Like ``run``, but the answer (a JSON body, or SSE events when ``gen.stream``) is ``renderer``'s."""
+        await self._admit(gen)
+        if not gen.stream:
+            body = await self._settled(
+                inline_until_disconnect(self._rendered(gen, renderer), self.request.receive)
+            )
+            return json_response(body, headers=self.headers)
+        batches = self.model.engine.generate_batches(gen)
+        try:
+            first = await self._settled(
+                inline_until_disconnect(anext(batches, None), self.request.receive), final=False
+            )
+        except BaseException:
+            await batches.aclose()
+            raise
+        events = self._rendered_stream(batches, first, renderer)
+        return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
+
+    async def _rendered(self, gen: GenerationRequest, renderer: Renderer) -> dict[str, Any]:
+        deltas = []
+        async for delta in self.model.engine.generate(gen):
+            self._account(delta)
+            deltas.append(delta)
+        return await renderer.whole(deltas)
+
+    async def _accounted(self, batches: AsyncIterator[list[Delta]]) -> AsyncIterator[list[Delta]]:
+        async for batch in batches:
+            for delta in batch:
+                self._account(delta)
+            yield batch
+
+    async def _rendered_stream(
+        self, generator: AsyncIterator[list[Delta]], first: list[Delta] | None, renderer: Renderer
+    ) -> AsyncIterator[bytes]:
+        status = "error"
+        try:
+            async for chunk in renderer.events(self._accounted(_chain(first, generator))):
+                yield chunk
+            status = "ok"
+        except EngineError as exc:
+            yield renderer.failed(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            await generator.aclose()
+            self._finish(status)
 
     async def _abandon(self, batches: AsyncIterator[list[Delta]]) -> None:
         """For a stream that never got to run its own cleanup (the client left before the first write)."""

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from aiplus.storage.testing import scratch_database
-from tests.conftest import PG_URL, Server, free_port, start_server, wait_http
+from tests.conftest import Server, free_port, start_server, wait_http
 
 HERE = Path(__file__).parent
 TOOL_MODEL = "tool-model"
@@ -49,7 +49,7 @@ def tool_upstream(tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, tool_upstream):
     tmp = tmp_path_factory.mktemp("responses-pg")
-    with scratch_database("postgresql", tmp, PG_URL) as (engine, url):
+    with scratch_database("postgresql", tmp) as (engine, url):
         config = f"""database_url = "{url}"
 
 [[models]]

@@ -176,6 +176,7 @@ billing_adjustments = sa.Table(
     sa.Column("for_month", sa.String(7), primary_key=True),  # the closed month it corrects
     sa.Column("tokens", sa.BigInteger, nullable=False),
     sa.Column("amount_micros", sa.BigInteger, nullable=False),
+)
 
 # Responses API state: one row per stored response, holding only that turn's new input items and its output, so
 # a conversation of n turns stores O(n) items; ``previous_id`` links the turns and a recursive query walks them.

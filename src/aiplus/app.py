@@ -13,14 +13,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import openai as openai_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
-from aiplus.api.serving import ClientGone
+from aiplus.api.lockout import Lockout
+from aiplus.api.openapi import describe
+from aiplus.api.serving import REQUEST_ID, ClientGone, new_request_id
 from aiplus.config import Settings
 from aiplus.metrics import INFLIGHT
 from aiplus.services import start_services, stop_services
@@ -66,9 +68,24 @@ async def _client_gone(_: Request, __: ClientGone) -> Response:
     return Response(status_code=499)  # nobody is listening; nginx's code for "client closed request"
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", exc_info=exc)
+async def _unexpected(request: Request | None, exc: Exception) -> Response:
+    rid = request.scope.get(REQUEST_ID) if request is not None else None
+    log.exception("request %s: unexpected error", rid, exc_info=exc)
     return _envelope(500, "The server had an error while processing your request.", "server_error")
+
+
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    """``send`` that adds the request's id to an answer that has none (an error, an admin route, the docs)."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name == b"x-request-id" for name, _ in headers):
+                headers.append((b"x-request-id", scope[REQUEST_ID].encode()))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
 
 
 async def _metrics(request: Request) -> Response:
@@ -88,9 +105,13 @@ class Gateway:
         self._fast = {route.path: route for route in routes if "{" not in route.path}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._fast.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        route = self._fast.get(scope["path"])
+        if route is None:
+            scope[REQUEST_ID] = new_request_id()
+            await self.app(scope, receive, _with_request_id(scope, send))
             return
         scope["app"] = self.app
         if scope["method"] not in route.methods:
@@ -107,7 +128,10 @@ class Gateway:
             except ClientGone:
                 return
             except Exception as exc:
-                response = await _unexpected(None, exc)
+                scope.setdefault(REQUEST_ID, new_request_id())
+                response = await _unexpected(Request(scope), exc)
+        if "x-request-id" not in response.headers:  # errors before a call, or outside one
+            response.headers["x-request-id"] = scope.get(REQUEST_ID) or new_request_id()
         await response(scope, receive, send)
 
 
@@ -130,6 +154,8 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.admin_lockout = Lockout()
+    app.openapi = lambda: describe(app, settings)  # type: ignore[method-assign]
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)

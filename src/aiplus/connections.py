@@ -82,9 +82,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.send_400_response("")
 
     def send_400_response(self, msg: str) -> None:
-        if self._refused is None:
-            super().send_400_response(msg)
-            return
+        if self._refused is None:  # not HTTP/1.1 that httptools can parse: answered like any other error
+            self._refused = refusal(400, b"Bad Request", "the request is not valid HTTP/1.1", "invalid_http")
         self._cancel_head_timer()
         self.transport.write(self._refused)
         self.transport.close()

@@ -162,3 +162,31 @@ def test_an_idle_connection_is_closed(server):
         started = time.monotonic()
         assert sock.recv(1) == b""  # closed by the server (a timeout here would raise)
     assert time.monotonic() - started < PATIENCE_S
+
+
+def test_admin_bodies_are_bounded_in_size_and_time(server):
+    # Before: FastAPI read an admin body of any size, at any pace, before the admin token was checked.
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /admin/orgs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 999999999\r\n\r\n{"
+        )
+        data = answer(sock)
+    assert status(data) == 413 and header(data, b"x-request-id")
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /admin/orgs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n{"
+        )
+        started = time.monotonic()
+        data = answer(sock)
+    assert status(data) == 408, data[:300]
+    assert 1.0 < time.monotonic() - started < PATIENCE_S
+
+
+def test_what_is_not_http_gets_an_error_with_a_request_id(server):
+    with connect(server) as sock:
+        sock.sendall(b"HELLO\x00 THERE\r\n\r\n")
+        data = answer(sock)
+    assert status(data) == 400
+    assert header(data, b"x-request-id") and b"invalid_http" in data

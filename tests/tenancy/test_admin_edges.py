@@ -123,3 +123,17 @@ async def test_openapi_tells_enums_and_real_statuses(stack):
     assert {"200", "400", "401"} <= statuses[("get", "/v1/usage")]
     r = await stack.post("/admin/orgs", json={"name": "X", "sector": "nope"}, headers=stack.admin_headers)
     assert r.status_code == 400  # what the document says (not 422)
+
+
+async def test_bytes_that_are_not_utf8_are_not_a_500(stack):
+    key = await new_key(stack)
+    mine = {"authorization": f"Bearer {key}"}
+    for url, headers in [
+        ("/v1/usage?model=%ED%A0%80", mine),  # a lone surrogate
+        ("/v1/usage?model=%FF%FE", mine),
+        ("/admin/orgs/%FF%FE", stack.admin_headers),
+        ("/admin/usage?org_id=%C0%80", stack.admin_headers),  # an overlong NUL
+    ]:
+        r = await stack.get(url, headers=headers)
+        assert r.status_code in (200, 400, 404), (url, r.status_code, r.text)
+        assert "x-request-id" in r.headers

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,9 +18,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
+from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api.auth import require_admin_dependency
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, from_storage
 from aiplus.api.lockout import Lockout
 from aiplus.api.openapi import describe
 from aiplus.api.serving import REQUEST_ID, ClientGone, new_request_id
@@ -71,6 +72,10 @@ async def _client_gone(_: Request, __: ClientGone) -> Response:
 
 async def _unexpected(request: Request | None, exc: Exception) -> Response:
     rid = request.scope.get(REQUEST_ID) if request is not None else None
+    away = from_storage(exc)
+    if away is not None:
+        log.warning("request %s: database unavailable: %s", rid, exc)
+        return away.to_response()
     log.exception("request %s: unexpected error", rid, exc_info=exc)
     return _envelope(500, "The server had an error while processing your request.", "server_error")
 
@@ -199,7 +204,12 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
-    app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
+    app.include_router(billing_api.router)
+    app.include_router(
+        adoption_api.router,
+        tags=["adoption"],
+        dependencies=[require_admin_dependency, Depends(admin_api.plain_input)],
+    )
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)

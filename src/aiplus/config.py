@@ -5,6 +5,7 @@ Precedence, lowest first: built-in defaults, the TOML file, environment variable
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -51,7 +52,9 @@ class ModelConfig:
     embeddings: bool = True
     n_threads: int | None = None
     health_interval_s: float = 10.0
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # openai: the whole of a non-streamed answer, an embedding
+    first_byte_timeout_s: float = 60.0  # openai: a stream's first token; else 504, another replica is tried
+    idle_timeout_s: float = 30.0  # openai: the longest silence between a stream's chunks; else it ends (504)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,19 @@ class AdoptionConfig:
 
 
 @dataclass(frozen=True)
+class BillingConfig:
+    """The regulator's affordability yardstick: a basic basket of tokens a month against a monthly income."""
+
+    basket_prompt_tokens: int = 1_500_000
+    basket_completion_tokens: int = 500_000
+    basket_model: str = "*"
+    basket_tier: str = "standard"
+    basket_sector: str = "other"
+    monthly_income: tuple[tuple[str, int], ...] = ()  # (region, income in micro-units a month)
+    affordability_target_bp: int = 200  # 2% (the ITU's broadband target)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -144,6 +160,7 @@ class Settings:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     prices: tuple[PriceConfig, ...] = ()
     adoption: AdoptionConfig = field(default_factory=AdoptionConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
 
     @property
     def data_path(self) -> Path:
@@ -215,7 +232,26 @@ def _model(raw: dict[str, Any], index: int) -> ModelConfig:
         raise ConfigError(f"{where}: reasoning must be 'deepseek-r1' or absent, not {model.reasoning!r}")
     if model.max_concurrency < 1:
         raise ConfigError(f"{where}: max_concurrency must be >= 1")
+    for name in ("health_interval_s", "request_timeout_s", "first_byte_timeout_s", "idle_timeout_s"):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ConfigError(f"{where}: {name} must be a number of seconds above 0, not {value!r}")
     return model
+
+
+def _billing(raw: dict[str, Any]) -> BillingConfig:
+    incomes = raw.pop("monthly_income", {})
+    if not isinstance(incomes, dict):
+        raise ConfigError("[billing]: monthly_income must be a table of region = micro-units a month")
+    for region, micros in incomes.items():
+        if isinstance(micros, bool) or not isinstance(micros, int) or micros <= 0:
+            raise ConfigError(f"[billing]: monthly_income.{region} must be a positive integer (micro-units)")
+    billing = _build(BillingConfig, {**raw, "monthly_income": tuple(sorted(incomes.items()))}, "[billing]")
+    for name in ("basket_prompt_tokens", "basket_completion_tokens", "affordability_target_bp"):
+        value = getattr(billing, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"[billing]: {name} must be a non-negative integer")
+    return billing
 
 
 def load_settings(
@@ -252,6 +288,7 @@ def load_settings(
     if "targets" in adoption_raw:
         adoption_raw["targets"] = tuple((str(k), float(v)) for k, v in adoption_raw["targets"].items())
     adoption = _build(AdoptionConfig, adoption_raw, "[adoption]")
+    billing = _billing(dict(raw.pop("billing", {})))
     server.update(raw)  # top-level scalars are accepted as server settings too
 
     values: dict[str, Any] = {k: v for k, v in server.items()}
@@ -274,6 +311,7 @@ def load_settings(
             "scheduling": scheduling,
             "prices": prices,
             "adoption": adoption,
+            "billing": billing,
         },
         "[server]",
     )

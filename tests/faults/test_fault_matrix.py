@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from aiplus.storage.testing import scratch_database
-from tests.conftest import PG_URL, start_server
+from tests.conftest import start_server
 
 REQUESTS = int(os.environ.get("AIPLUS_SOAK_REQUESTS", "12"))  # per fault
 CLIENTS = 4
@@ -36,7 +36,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, upstream):
     tmp = tmp_path_factory.mktemp("matrix")
-    with scratch_database("postgresql", tmp, PG_URL) as (engine, url):
+    with scratch_database("postgresql", tmp) as (engine, url):
         config = (
             f'database_url = "{url}"\n'
             "[tiers.soak]\nweight = 1.0\n"

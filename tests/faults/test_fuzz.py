@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from aiplus.storage.testing import scratch_database
-from tests.conftest import ADMIN_TOKEN, PG_URL, start_server
+from tests.conftest import ADMIN_TOKEN, start_server
 from tests.faults.fuzzing import fuzz, openai_document
 
 EXAMPLES = int(os.environ.get("AIPLUS_SOAK_EXAMPLES", "15"))
@@ -21,7 +21,7 @@ MODEL = "up"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, upstream):
     tmp = tmp_path_factory.mktemp("fuzz")
-    with scratch_database("postgresql", tmp, PG_URL) as (_engine, url):
+    with scratch_database("postgresql", tmp) as (_engine, url):
         config = (
             f'database_url = "{url}"\n'
             "[tiers.fuzz]\nweight = 1.0\n"  # no rate limits: the fuzzer's cases reach the handlers

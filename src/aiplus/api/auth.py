@@ -16,7 +16,7 @@ from fastapi import Depends
 from fastapi.security import HTTPBearer
 from starlette.requests import Request
 
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, unavailable
 from aiplus.tenancy.auth import Principal
 from aiplus.tenancy.errors import AuthUnavailable
 
@@ -52,9 +52,7 @@ async def authenticate(request: Request) -> Principal:
         principal = await request.app.state.services.authenticator.authenticate(token)
     except AuthUnavailable as exc:  # its detail (an exception class) is for the log, not the client
         log.warning("key check unavailable: %s", exc.__cause__ or exc)
-        raise APIError(
-            503, "The key store is unavailable just now; retry shortly.", code="service_unavailable"
-        ) from None
+        raise unavailable("The key store is unavailable just now; retry shortly.") from None
     if principal is None:
         raise APIError(
             401,

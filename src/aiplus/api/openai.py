@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -70,11 +70,18 @@ def _too_deep(data: Any, limit: int) -> bool:
 async def _read_body(request: Request, limit: int) -> bytes:
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(
+                    413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left mid-body: its mistake, not a server error
+        raise APIError(
+            400, "the connection closed before the whole body arrived", code="invalid_json"
+        ) from None
     return b"".join(chunks)
 
 

@@ -31,8 +31,8 @@ _WHY = {
     "400": "Invalid request: a bad value, a control character, an unknown tier",
     "401": "No or a wrong credential",
     "403": "An organization's key on an admin route",
-    "404": "No such organization or key",
-    "409": "It exists already",
+    "404": "No such organization, key or tariff (or no tariff adopted yet)",
+    "409": "It exists already, or conflicts with what is stored",
     "429": "Too many wrong admin tokens from this address (Retry-After says how long)",
     "503": "A store the request needs is away for a moment (Retry-After)",
 }
@@ -44,6 +44,11 @@ _ROUTE_STATUSES = {
     ("post", "/admin/orgs/{org_id}/keys"): ("404",),
     ("get", "/admin/orgs/{org_id}/keys"): ("404",),
     ("delete", "/admin/keys/{key_id}"): ("404",),
+    ("get", "/v1/billing/statements"): ("404",),  # no tariff adopted yet
+    ("get", "/admin/billing/statements"): ("404",),
+    ("get", "/admin/billing/balance"): ("404",),
+    ("get", "/admin/tariffs/{version_id}"): ("404",),
+    ("post", "/admin/tariffs"): ("409",),
 }
 
 

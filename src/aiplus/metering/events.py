@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from aiplus.metering.tou import add_to_tou
+from aiplus.storage.db import dialect_insert as _insert
 from aiplus.storage.db import transaction
 from aiplus.storage.tables import usage_daily, usage_events
 
 ENDPOINTS = ("chat", "completion", "embedding")
-STATUSES = ("ok", "error", "cancelled", "rejected")
+STATUSES = ("ok", "error", "cancelled", "rejected", "interrupted")  # interrupted: its process died
 
 
 @dataclass(slots=True)
@@ -34,23 +35,27 @@ class UsageEvent:
     cost_micros: int
 
     def to_row(self) -> dict:
+        """The row to insert; ValueError if the event cannot be one (the ledger then keeps it aside)."""
         started = self.started_at
-        if started.tzinfo is None:
+        if not isinstance(started, datetime) or started.tzinfo is None:
             raise ValueError(f"usage event {self.request_id}: started_at must be timezone-aware")
+        for name in ("request_id", "org_id", "model", "endpoint", "status"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"usage event {self.request_id!r}: {name} must be a string")
         return {
             "request_id": self.request_id,
             "org_id": self.org_id,
-            "key_id": self.key_id,
+            "key_id": self.key_id if self.key_id is None else str(self.key_id),
             "model": self.model,
             "endpoint": self.endpoint,
-            "prompt_tokens": int(self.prompt_tokens),
-            "completion_tokens": int(self.completion_tokens),
+            "prompt_tokens": _amount(self, "prompt_tokens"),
+            "completion_tokens": _amount(self, "completion_tokens"),
             "status": self.status,
             "used_tools": bool(self.used_tools),
             "started_at": started.astimezone(UTC),
-            "ttft_ms": None if self.ttft_ms is None else int(self.ttft_ms),
-            "duration_ms": int(self.duration_ms),
-            "cost_micros": int(self.cost_micros),
+            "ttft_ms": None if self.ttft_ms is None else _amount(self, "ttft_ms"),
+            "duration_ms": _amount(self, "duration_ms"),
+            "cost_micros": _amount(self, "cost_micros"),
         }
 
     @classmethod
@@ -64,18 +69,25 @@ class UsageEvent:
 
 
 _FIELDS = tuple(UsageEvent.__slots__)
+MAX_AMOUNT = 2**63 - 1  # a BIGINT on PostgreSQL and SQLite alike
 
 
-def _insert(conn: sa.Connection, table: sa.Table):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _amount(event: UsageEvent, name: str) -> int:
+    """A count or a cost as the ledger stores it: an integer in 0..MAX_AMOUNT. Nothing negative is recorded,
+    so no event can lower an organization's month; nothing larger than a BIGINT reaches the database."""
+    value = getattr(event, name)
+    if type(value) is not int or not 0 <= value <= MAX_AMOUNT:
+        raise ValueError(
+            f"usage event {event.request_id!r}: {name}={value!r:.60} is not an amount in 0..2**63-1"
+        )
+    return value
 
 
 def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
     """Insert events (a ``request_id`` seen before is a no-op) and add the new ones to ``usage_daily``.
 
-    Both happen in one transaction, so the rollups always equal the sums of the raw rows. Returns how
-    many events were new. Works on SQLite (3.35+) and PostgreSQL.
+    Both happen in one transaction (and ``usage_tou``, the time-of-use rollup billing reads), so the rollups
+    always equal the sums of the raw rows. Returns how many events were new. Works on SQLite (3.35+) and PostgreSQL.
     """
     rows: dict[str, dict] = {}
     for event in events:
@@ -87,7 +99,9 @@ def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
         ordered = [rows[rid] for rid in sorted(rows)]  # one lock order for overlapping writers: no deadlocks
         inserted = conn.execute(stmt.returning(usage_events.c.request_id), ordered).scalars().all()
         if inserted:
-            _add_to_rollups(conn, [rows[rid] for rid in inserted])
+            new = [rows[rid] for rid in inserted]
+            _add_to_rollups(conn, new)
+            add_to_tou(conn, new)
     return len(inserted)
 
 

@@ -153,7 +153,9 @@ class Settings:
     max_headers: int = 100
     header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
     body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
-    idle_timeout_s: float = 5.0  # a connection with no request in flight (keep-alive, or a new one)
+    idle_connection_timeout_s: float = (
+        5.0  # a connection with no request in flight (keep-alive, or a new one)
+    )
     log_level: str = "info"
     models: tuple[ModelConfig, ...] = ()
     tiers: tuple[TierConfig, ...] = DEFAULT_TIERS
@@ -334,7 +336,13 @@ def _check_server(settings: Settings) -> None:
             f"{where('redis_prefix')}: must be a non-empty string without spaces, such as 'aiplus:', "
             f"not {prefix!r}"
         )
-    for name in ("max_header_bytes", "max_headers", "header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+    for name in (
+        "max_header_bytes",
+        "max_headers",
+        "header_timeout_s",
+        "body_timeout_s",
+        "idle_connection_timeout_s",
+    ):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"[server] {name}: must be a positive number, not {value!r}")

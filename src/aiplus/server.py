@@ -34,7 +34,7 @@ def run(settings: Settings) -> int:
         "port": settings.port,
         "loop": "uvloop",
         "http": "aiplus.connections:GuardedHttpToolsProtocol",  # httptools with limits on request heads
-        "timeout_keep_alive": settings.idle_timeout_s,
+        "timeout_keep_alive": settings.idle_connection_timeout_s,
         "log_level": settings.log_level,
         "access_log": False,
         "proxy_headers": False,  # aiplus never reads the client address; skip the per-request middleware

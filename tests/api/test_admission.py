@@ -16,7 +16,7 @@ from tests.conftest import start_server
 CONFIG = """
 header_timeout_s = 1.5
 body_timeout_s = 1.5
-idle_timeout_s = 1.5
+idle_connection_timeout_s = 1.5
 max_header_bytes = 16384
 max_headers = 50
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from aiplus.storage.testing import scratch_database
-from tests.conftest import start_server
+from tests.conftest import ADMIN_TOKEN, start_server
+from tests.tcp_proxy import TcpProxy
 
 REQUESTS = int(os.environ.get("AIPLUS_SOAK_REQUESTS", "12"))  # per fault
 CLIENTS = 4
@@ -109,4 +111,115 @@ def test_upstream_faults_lose_no_ledger_row_and_recover(stack, upstream):
     answered = {rid for status, rid, _ in answers if status == 200}
     assert all(per_id[rid] == 1 for rid in answered), "a 200 without exactly one ledger row"
     print(f"\nfault matrix: {len(answers)} requests, {len(whole)} whole answers, each with one ledger row")
+    print("\n".join(figures))
+
+
+# fault -> what a client with a known key may see while PostgreSQL, Redis or the upstream is dropped or reset
+# behind a TCP proxy: served (a known key is cached, usage waits in the journal) or a fast 503 with Retry-After;
+# an upstream that swallows packets is a 504 after first_byte_timeout_s
+NETWORK = {
+    ("postgresql", "drop"): {200, 503},
+    ("postgresql", "reset"): {200, 503},
+    ("redis", "drop"): {200, 503},
+    ("redis", "reset"): {200, 503},
+    ("upstream", "drop"): {503, 504},
+    ("upstream", "reset"): {503},
+}
+STORE_RECOVERY_S = (
+    90.0  # a replica that stalled is benched 30 s; a dropped database needs its timeouts to pass
+)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory, upstream):
+    tmp = tmp_path_factory.mktemp("network")
+    with scratch_database("postgresql", tmp) as (engine, url):
+        pg_port = engine.url.port or 5432
+        proxies = {
+            "postgresql": TcpProxy(pg_port),
+            "redis": TcpProxy(6379),
+            "upstream": TcpProxy(int(upstream.url.rsplit(":", 1)[1])),
+        }
+        config = (
+            "[tiers.soak]\nweight = 1.0\n"
+            f'[[models]]\nid = "{MODEL}"\nengine = "openai"\n'
+            f'upstreams = ["http://127.0.0.1:{proxies["upstream"].port}/v1"]\n'
+            "embeddings = false\nhealth_interval_s = 1.0\nmax_concurrency = 8\n"
+            "first_byte_timeout_s = 2.0\nrequest_timeout_s = 10.0\n"
+        )
+        env = {
+            "AIPLUS_DATABASE_URL": url.replace(f":{pg_port}/", f":{proxies['postgresql'].port}/"),
+            "AIPLUS_REDIS_URL": f"redis://127.0.0.1:{proxies['redis'].port}/0",
+            "AIPLUS_REDIS_PREFIX": f"aiplus-test:{uuid.uuid4().hex[:12]}:",
+        }
+        server = start_server(tmp, config, env=env)
+        key = server.new_org("Network Co", tier="soak")["key"]
+        try:
+            yield server, key, engine, proxies
+        finally:
+            for proxy in proxies.values():
+                proxy.restore()
+            server.stop()
+            for proxy in proxies.values():
+                proxy.close()
+
+
+def admin_read(server) -> int:
+    try:
+        r = httpx.get(
+            f"{server.url}/admin/orgs", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        )
+    except httpx.HTTPError:
+        return 0
+    assert r.status_code != 503 or r.headers["retry-after"].isdigit()
+    return r.status_code
+
+
+def back_to_normal(server, key: str) -> float:
+    """Seconds until a chat is served and an admin read (which needs the database) answers."""
+    started = time.monotonic()
+    while time.monotonic() - started < STORE_RECOVERY_S:
+        if burst(server, key, 1)[0][0] == 200 and admin_read(server) == 200:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"not back to normal within {STORE_RECOVERY_S} s of the fault's end")
+
+
+def test_network_faults_lose_no_ledger_row_and_recover(network):
+    server, key, engine, proxies = network
+    assert burst(server, key, 2)[0][0] == 200
+    answers: list[tuple[int, str | None, bool]] = []
+    figures = []
+    for (target, fault), allowed in NETWORK.items():
+        proxy = proxies[target]
+        proxy.blackhole() if fault == "drop" else proxy.reset()
+        started = time.monotonic()
+        got = burst(server, key, REQUESTS)  # a hang shows as status 0 (the client's 30 s timeout)
+        took = time.monotonic() - started
+        read = admin_read(server)  # needs the database: served, or a 503 within seconds
+        proxy.restore()
+        statuses = Counter(status for status, _, _ in got)
+        assert set(statuses) <= allowed, (target, fault, statuses)
+        assert read in (200, 503), (target, fault, read)
+        recovered = back_to_normal(server, key)
+        figures.append(
+            f"{target} {fault}: {dict(statuses)} in {took:.1f} s, admin read {read}, "
+            f"back to normal in {recovered:.1f} s"
+        )
+        answers += got
+    whole = {rid for status, rid, complete in answers if complete}
+    answered = {rid for status, rid, _ in answers if status == 200}
+    deadline = time.monotonic() + 60
+    while True:  # usage journaled while the database was away is written once it is back
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT request_id, status FROM usage_events")).all()
+        per_id = Counter(rid for rid, _ in rows)
+        ok = {rid for rid, status in rows if status == "ok"}
+        if whole <= ok or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert whole <= ok, f"{len(whole - ok)} answered requests have no ok row"
+    assert all(per_id[rid] == 1 for rid in answered), "a 200 without exactly one ledger row"
+    assert max(per_id.values()) == 1, "a request has two ledger rows"
+    print(f"\nnetwork faults: {len(answers)} requests, {len(whole)} whole answers, each with one ledger row")
     print("\n".join(figures))

@@ -31,7 +31,7 @@ test: $(VENV)/.dev-installed services
 # The adversarial suite at length (docs/reliability.md): schemathesis with many cases per operation, and the
 # fault matrix with many requests per fault. `make test` runs the same tests, short.
 SOAK_EXAMPLES ?= 300
-SOAK_REQUESTS ?= 400
+SOAK_REQUESTS ?= 200
 soak: $(VENV)/.dev-installed services
 	AIPLUS_SOAK_EXAMPLES=$(SOAK_EXAMPLES) AIPLUS_SOAK_REQUESTS=$(SOAK_REQUESTS) $(BIN)/pytest tests/faults -s -p no:cacheprovider --timeout 3600
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: serve test services bench lint clean
+.PHONY: serve test soak services bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ services:
 
 test: $(VENV)/.dev-installed services
 	$(BIN)/pytest
+
+# The adversarial suite at length (docs/reliability.md): schemathesis with many cases per operation, and the
+# fault matrix with many requests per fault. `make test` runs the same tests, short.
+SOAK_EXAMPLES ?= 300
+SOAK_REQUESTS ?= 200
+soak: $(VENV)/.dev-installed services
+	AIPLUS_SOAK_EXAMPLES=$(SOAK_EXAMPLES) AIPLUS_SOAK_REQUESTS=$(SOAK_REQUESTS) $(BIN)/pytest tests/faults -s -p no:cacheprovider --timeout 3600
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/engine.py

@@ -13,11 +13,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import openai as openai_api
+from aiplus.api import portal as portal_api
+from aiplus.api import web as web_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
 from aiplus.api.serving import ClientGone
@@ -135,6 +138,9 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     app.include_router(admin_api.router)
     app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    app.include_router(web_api.router)  # the front door and the control room
+    app.include_router(portal_api.router)
+    app.mount("/static", StaticFiles(packages=[("aiplus", "web/static")]), name="static")
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

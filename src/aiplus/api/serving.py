@@ -357,6 +357,17 @@ class Call:
                 cost_micros=cost,
             )
         )
+        p = self.principal
+        services.recent.add(
+            model_id,
+            tier,
+            p.org_id,
+            p.weight,
+            self.prompt_tokens,
+            self.completion_tokens,
+            status,
+            None if self.lease is None else self.lease.waited_s,
+        )
         if total:
             TOKENS_SERVED.labels(model_id, tier, "prompt").inc(self.prompt_tokens)
             TOKENS_SERVED.labels(model_id, tier, "completion").inc(self.completion_tokens)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import jinja2
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse
 
 from aiplus.tenancy.errors import Conflict, NotFound, TenancyError
 

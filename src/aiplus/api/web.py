@@ -270,7 +270,7 @@ async def org_key(org_id: str, request: Request) -> Response:
 async def key_revoke(key_id: str, request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
-    if (form := await _form(request, session)) is None:
+    if await _form(request, session) is None:
         return _refused(request)
     services = request.app.state.services
     try:

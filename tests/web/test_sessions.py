@@ -174,3 +174,18 @@ def test_wrong_sign_ins_are_slowed_then_refused_for_a_while(tmp_path):
         assert r.status_code == 429
     finally:
         server.stop()
+
+
+def test_org_filters_by_region_and_size_in_the_page_and_the_api(server):
+    server.new_org("Fjord Fishery", sector="agriculture", region="West Fjords", employees=7)
+    server.new_org("Fjord Shipyard", sector="manufacturing", region="West Fjords", employees=400)
+    server.new_org("Inland Mill", sector="manufacturing", region="Midlands", employees=8)
+    with server.admin() as admin:
+        found = admin.get("/admin/orgs", params={"region": "West Fjords", "size_class": "micro"}).json()[
+            "data"
+        ]
+    assert [o["id"] for o in found] == ["fjord-fishery"]
+    client, _ = admin_client(server)
+    page = client.get("/admin/ui/orgs", params={"region": "West Fjords", "size_class": "large"}).text
+    assert "fjord-shipyard" in page and "fjord-fishery" not in page and "inland-mill" not in page
+    assert '<option value="Midlands"' in page  # the regions in use are the filter's choices

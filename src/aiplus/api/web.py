@@ -11,7 +11,6 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -144,14 +143,6 @@ async def live_part(request: Request) -> Response:
         return Response(status_code=401)
     live = live_snapshot(request.app.state.services)
     return _page(request, session, "admin/_live.html", live=live, now=_now())
-
-
-@router.get(f"{ROOT}/live.json")
-async def live_json(request: Request) -> Response:
-    if _session(request) is None:
-        return Response(b'{"error": "signed out"}', 401, media_type="application/json")
-    body = orjson.dumps(live_snapshot(request.app.state.services))
-    return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
 
 @router.get(f"{ROOT}/orgs")

@@ -82,7 +82,7 @@ async def control_room(request: Request) -> Response:
 
 @router.get(f"{ROOT}/signin")
 async def signin_page(request: Request) -> Response:
-    return _signin(request)
+    return redirect(f"{ROOT}/live") if _session(request) else _signin(request)
 
 
 def _signin(request: Request, status: int = 200, message: str = "") -> Response:

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
+from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api import portal as portal_api
 from aiplus.api import web as web_api
@@ -136,6 +137,7 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     for route in openai_api.routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
+    app.include_router(billing_api.router)
     app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.include_router(web_api.router)  # the front door and the control room

@@ -120,6 +120,19 @@ class AdoptionConfig:
 
 
 @dataclass(frozen=True)
+class BillingConfig:
+    """The regulator's affordability yardstick: a basic basket of tokens a month against a monthly income."""
+
+    basket_prompt_tokens: int = 1_500_000
+    basket_completion_tokens: int = 500_000
+    basket_model: str = "*"
+    basket_tier: str = "standard"
+    basket_sector: str = "other"
+    monthly_income: tuple[tuple[str, int], ...] = ()  # (region, income in micro-units a month)
+    affordability_target_bp: int = 200  # 2% (the ITU's broadband target)
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -138,6 +151,7 @@ class Settings:
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     prices: tuple[PriceConfig, ...] = ()
     adoption: AdoptionConfig = field(default_factory=AdoptionConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
 
     @property
     def data_path(self) -> Path:
@@ -212,6 +226,21 @@ def _model(raw: dict[str, Any], index: int) -> ModelConfig:
     return model
 
 
+def _billing(raw: dict[str, Any]) -> BillingConfig:
+    incomes = raw.pop("monthly_income", {})
+    if not isinstance(incomes, dict):
+        raise ConfigError("[billing]: monthly_income must be a table of region = micro-units a month")
+    for region, micros in incomes.items():
+        if isinstance(micros, bool) or not isinstance(micros, int) or micros <= 0:
+            raise ConfigError(f"[billing]: monthly_income.{region} must be a positive integer (micro-units)")
+    billing = _build(BillingConfig, {**raw, "monthly_income": tuple(sorted(incomes.items()))}, "[billing]")
+    for name in ("basket_prompt_tokens", "basket_completion_tokens", "affordability_target_bp"):
+        value = getattr(billing, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"[billing]: {name} must be a non-negative integer")
+    return billing
+
+
 def load_settings(
     path: str | os.PathLike | None = None, env: dict[str, str] | None = None, **overrides
 ) -> Settings:
@@ -246,6 +275,7 @@ def load_settings(
     if "targets" in adoption_raw:
         adoption_raw["targets"] = tuple((str(k), float(v)) for k, v in adoption_raw["targets"].items())
     adoption = _build(AdoptionConfig, adoption_raw, "[adoption]")
+    billing = _billing(dict(raw.pop("billing", {})))
     server.update(raw)  # top-level scalars are accepted as server settings too
 
     values: dict[str, Any] = {k: v for k, v in server.items()}
@@ -268,6 +298,7 @@ def load_settings(
             "scheduling": scheduling,
             "prices": prices,
             "adoption": adoption,
+            "billing": billing,
         },
         "[server]",
     )

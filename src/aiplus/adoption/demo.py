@@ -107,6 +107,12 @@ def register_rows(region: Region) -> list[dict]:
     ]
 
 
+def demo_month_ends(months: int, today: date | None = None) -> list[date]:
+    """The last days of the demo's ``months`` months, ending with the last complete month."""
+    last = last_complete_month_end(today or datetime.now(UTC).date())
+    return month_ends(date(last.year - (months + 11) // 12 - 1, 1, 1), last)[-months:]
+
+
 def seed_demo(
     engine: sa.Engine,
     settings: Settings,
@@ -118,8 +124,7 @@ def seed_demo(
     batch: int = 20_000,
 ) -> dict:
     """Write a synthetic region whose ``months`` months of usage end with the last complete month."""
-    last = last_complete_month_end(today or datetime.now(UTC).date())
-    ends = month_ends(date(last.year - (months + 11) // 12 - 1, 1, 1), last)[-months:]
+    ends = demo_month_ends(months, today)
     with engine.connect() as conn:
         taken = conn.scalar(
             sa.select(sa.func.count())

@@ -10,12 +10,14 @@ from aiplus.cli.shell import UserError, add_config_option, command, load_setting
 
 @command
 def demo_seed(args: argparse.Namespace) -> None:
-    from aiplus.adoption.demo import seed_demo
+    from aiplus.adoption.demo import demo_month_ends, seed_demo
 
     if args.orgs < 1 or args.months < 1:
         raise UserError("--orgs and --months must be at least 1", 2)
     settings, engine = load_settings(args), open_database(args)
     started = time.perf_counter()
+    first_day = demo_month_ends(args.months)[0].replace(day=1)
+    tariff = _adopt_example_tariff(engine, settings, first_day)
     try:
         done = seed_demo(engine, settings, orgs=args.orgs, months=args.months, seed=args.seed)
     except ValueError as exc:  # e.g. a demo region is there already
@@ -25,7 +27,22 @@ def demo_seed(args: argparse.Namespace) -> None:
         f"{done['events']:,} usage events {done['first_month']}..{done['last_month']} "
         f"in {time.perf_counter() - started:.1f} s"
     )
+    if tariff is not None:
+        print(
+            f"tariff: the example tariff (version {tariff['id']}) in force from {first_day}; try: aiplus bill"
+        )
     print("next: aiplus adoption report   and   aiplus adoption chart adoption.png")
+
+
+def _adopt_example_tariff(engine, settings, first_day) -> dict | None:
+    """The example tariff, in force before the demo's first event, so that statements are complete; None when
+    a tariff is adopted already (the operator's own stays)."""
+    from aiplus.billing.versions import adopt_example_tariff, list_tariffs
+
+    with engine.begin() as conn:
+        if list_tariffs(conn):
+            return None
+        return adopt_example_tariff(conn, first_day, [tier.name for tier in settings.tiers])
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from aiplus import config
 from aiplus.adoption.register import ImportRejected
+from aiplus.billing.errors import BillingError
 from aiplus.tenancy.errors import TenancyError
 
 Handler = Callable[[argparse.Namespace], "int | None"]
@@ -38,6 +39,8 @@ def _failure(exc: Exception) -> UserError | None:
         return UserError(exc.message)
     if isinstance(exc, ImportRejected):
         return UserError(str(exc))
+    if isinstance(exc, BillingError):  # bad input (a tariff's field) exits 2, a refused operation 1
+        return UserError(exc.message, 2 if exc.status == 400 else 1)
     if isinstance(exc, sa.exc.OperationalError):
         return UserError(f"the database cannot be used: {exc.orig}")
     return None

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from aiplus.metering.tou import add_to_tou
+from aiplus.storage.db import dialect_insert as _insert
 from aiplus.storage.db import transaction
 from aiplus.storage.tables import usage_daily, usage_events
 
@@ -66,16 +67,11 @@ class UsageEvent:
 _FIELDS = tuple(UsageEvent.__slots__)
 
 
-def _insert(conn: sa.Connection, table: sa.Table):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
     """Insert events (a ``request_id`` seen before is a no-op) and add the new ones to ``usage_daily``.
 
-    Both happen in one transaction, so the rollups always equal the sums of the raw rows. Returns how
-    many events were new. Works on SQLite (3.35+) and PostgreSQL.
+    Both happen in one transaction (and ``usage_tou``, the time-of-use rollup billing reads), so the rollups
+    always equal the sums of the raw rows. Returns how many events were new. Works on SQLite (3.35+) and PostgreSQL.
     """
     rows: dict[str, dict] = {}
     for event in events:
@@ -87,7 +83,9 @@ def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
         ordered = [rows[rid] for rid in sorted(rows)]  # one lock order for overlapping writers: no deadlocks
         inserted = conn.execute(stmt.returning(usage_events.c.request_id), ordered).scalars().all()
         if inserted:
-            _add_to_rollups(conn, [rows[rid] for rid in inserted])
+            new = [rows[rid] for rid in inserted]
+            _add_to_rollups(conn, new)
+            add_to_tou(conn, new)
     return len(inserted)
 
 

@@ -88,6 +88,13 @@ def transaction(conn: sa.Connection) -> Iterator[None]:
             yield
 
 
+def dialect_insert(conn: sa.Connection, table: sa.Table):
+    """An INSERT with ``on_conflict_do_*`` for this connection's dialect (SQLite 3.35+ or PostgreSQL)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
 def row_dict(row: sa.Row) -> dict:
     """A plain dict of a row, keyed by plain ``str`` (SQLAlchemy's ``quoted_name`` keys trip up orjson)."""
     return {str(k): v for k, v in row._mapping.items()}

@@ -118,3 +118,62 @@ adoption_window_sums = sa.Table(
     sa.Column("tool_requests", sa.BigInteger, nullable=False),
     sa.Column("tokens", sa.BigInteger, nullable=False),
 )
+
+# Billing (src/aiplus/billing): adopted tariff versions, never edited; the time-of-use rollup written with the
+# events; frozen statements of closed months and the adjustments later months booked for them.
+tariff_versions = sa.Table(
+    "tariff_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("effective_from", sa.DateTime(timezone=True), nullable=False, unique=True),  # UTC instant
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("hour_bands", sa.Text, nullable=False),  # JSON: the band of each local hour 0..23
+    sa.Column("document", sa.Text, nullable=False),  # the TOML as adopted
+    sa.Column("digest", sa.String(64), nullable=False),  # SHA-256 of the document
+    sa.Column("adopted_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per (local month, org, tariff version, model, time-of-use band); version 0 = no tariff in force.
+usage_tou = sa.Table(
+    "usage_tou",
+    metadata,
+    sa.Column("month", sa.String(7), primary_key=True),  # YYYY-MM in the version's time zone
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("version_id", sa.Integer, primary_key=True),
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("band", sa.String(32), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Index("ix_usage_tou_org_month", "org_id", "month"),
+)
+
+billing_months = sa.Table(
+    "billing_months",
+    metadata,
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+billing_statements = sa.Table(
+    "billing_statements",
+    metadata,
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("tokens", sa.BigInteger, nullable=False),  # the month's tokens this statement billed
+    sa.Column("charge_micros", sa.BigInteger, nullable=False),  # the month's own charge (after subsidy)
+    sa.Column("closing_micros", sa.BigInteger, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),  # the statement as JSON, byte for byte
+)
+
+billing_adjustments = sa.Table(
+    "billing_adjustments",
+    metadata,
+    sa.Column("month", sa.String(7), primary_key=True),  # the closed statement that booked it
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("for_month", sa.String(7), primary_key=True),  # the closed month it corrects
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("amount_micros", sa.BigInteger, nullable=False),
+)

@@ -22,6 +22,7 @@ from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api import portal as portal_api
 from aiplus.api import web as web_api
+from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
 from aiplus.api.serving import ClientGone
@@ -141,6 +142,7 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.include_router(web_api.router)  # the front door and the control room
+    app.include_router(web_billing_api.router)
     app.include_router(portal_api.router)
     app.mount("/static", StaticFiles(packages=[("aiplus", "web/static")]), name="static")
     app.add_exception_handler(APIError, _api_error)

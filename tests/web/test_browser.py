@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from openai import OpenAI
@@ -12,7 +13,20 @@ from playwright.sync_api import expect
 from tests.conftest import ADMIN_TOKEN, DEFAULT_MODEL
 from tests.web.conftest import shot
 
-PAGES = ("/admin/ui/live", "/admin/ui/orgs", "/admin/ui/usage", "/admin/ui/adoption", "/admin/ui/models")
+PAGES = (
+    "/admin/ui/live",
+    "/admin/ui/orgs",
+    "/admin/ui/usage",
+    "/admin/ui/statements",
+    "/admin/ui/balance",
+    "/admin/ui/adoption",
+    "/admin/ui/models",
+)
+
+
+def last_month() -> str:
+    first = datetime.now(UTC).date().replace(day=1)
+    return (first - timedelta(days=1)).strftime("%Y-%m")
 
 
 def sign_in(page, url: str, token: str = ADMIN_TOKEN) -> None:
@@ -119,11 +133,15 @@ def test_onboard_an_org_watch_its_calls_and_its_portal(web_server, context, brow
         p.goto(web_server.url + "/portal")
         p.get_by_label("One of your organization's API keys").fill(key)
         p.get_by_role("button", name="Sign in").click()
-        expect(p.get_by_role("heading", name="Harbour Clinic")).to_be_visible()
+        expect(p.get_by_role("heading", name="Harbour Clinic", exact=True)).to_be_visible()
         expect(p.locator("#usage tbody")).to_contain_text(DEFAULT_MODEL)
         expect(p.locator("#keys")).to_contain_text("production")
         expect(p.locator("#snippet-python")).to_contain_text(web_server.v1)
         expect(p.locator("#snippet-curl")).to_contain_text("Authorization: Bearer $AIPLUS_API_KEY")
+        expect(p.locator("#statement")).to_contain_text(
+            DEFAULT_MODEL
+        )  # this month's statement, its call in it
+        expect(p.get_by_role("heading", name=re.compile("Harbour Clinic .* statement"))).to_be_visible()
         html = p.content()
         assert key not in html, "the portal never shows a key's value"
         for other in ("demo", "Test School", "demo-"):  # the bootstrap org and the demo region's tenants
@@ -233,8 +251,39 @@ def test_pages_fit_a_phone(web_server, browser):
         page.goto(web_server.url + "/portal")
         page.get_by_label("One of your organization's API keys").fill(key)
         page.get_by_role("button", name="Sign in").click()
-        expect(page.get_by_role("heading", name="Phone Bakery")).to_be_visible()
+        expect(page.get_by_role("heading", name="Phone Bakery", exact=True)).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 392
         shot(page, "phone-portal")
     finally:
         phone.close()
+
+
+def test_statements_and_the_balance_in_the_control_room(web_server, context):
+    month = last_month()  # the demo region's last month of usage, under the example tariff it adopts
+    page = context.new_page()
+    sign_in(page, web_server.url)
+    page.get_by_role("link", name="Bills").click()
+    expect(page.get_by_role("heading", name=re.compile("^Statements"))).to_be_visible()
+    page.get_by_label("Month").fill(month)
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("heading", name=f"Statements {month}")).to_be_visible()
+    overview = page.locator("#statements tbody tr")
+    assert overview.count() >= 30  # the demo region's tenants
+    expect(page.locator("#statements")).to_contain_text("demo-")
+    shot(page, "statements")
+    page.locator("#statements tbody a").first.click()  # one organization's statement in full
+    expect(page).to_have_url(re.compile("org_id="))
+    expect(page.get_by_role("cell", name="amount due")).to_be_visible()
+    with page.expect_navigation():
+        page.get_by_role("link", name=re.compile("Printable statement")).click()
+    assert "statement" in page.content().lower() and page.url.startswith(
+        f"{web_server.url}/admin/ui/statements/print"
+    )
+    page.goto(f"{web_server.url}/admin/ui/balance?month={month}")
+    expect(page.get_by_role("heading", name=f"The utility's balance {month}")).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile("revenue by tier and block"))).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile("affordability"))).to_be_visible()
+    shot(page, "balance")
+    page.goto(f"{web_server.url}/admin/ui/statements?month=2026-13")
+    expect(page.get_by_role("alert")).to_contain_text("month must be a month like")
+    assert context.csp_violations == []

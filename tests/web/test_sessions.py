@@ -123,6 +123,13 @@ def test_the_portal_shows_one_organization_and_a_forged_cookie_shows_none(server
     requests_total = re.search(r'<tfoot>.*?<td class="num">([\d,]+)</td>', text, re.S).group(1)
     assert requests_total == "1", "only its own call is counted"
 
+    printable = client.get("/portal/statement")
+    assert (
+        printable.status_code == 200 and "Alpha Farm" in printable.text and "Beta Works" not in printable.text
+    )
+    assert "script" not in printable.headers["content-security-policy"].replace("default-src 'none'", "")
+    assert httpx.get(f"{server.url}/admin/ui/statements/print", timeout=30).status_code == 303
+
     # a session cookie edited to name the other org is not a session
     cookie = client.cookies.get("aiplus_portal")
     body, _, sig = cookie.rpartition(".")

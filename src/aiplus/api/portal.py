@@ -10,10 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from aiplus.api.pages import in_transaction, read_form, redirect, render
 from aiplus.api.sessions import Session, client_address, web_state
+from aiplus.api.web_billing import DOCUMENT_HEADERS, month_param, read
+from aiplus.billing.errors import BillingError
+from aiplus.billing.render import statement_tables, statements_html
+from aiplus.billing.statements import statements
 from aiplus.metering.usage import query_usage, totals
 from aiplus.scheduling.limits import ledger_month_usage
 from aiplus.tenancy.errors import AuthUnavailable
@@ -64,6 +68,7 @@ async def portal(request: Request) -> Response:
         sessions.end(response)
         return response
     org, usage, keys = found
+    statement_month, statement, statement_error = await _statement(request, org["id"])
     tier = services.settings.tier(org["tier"])
     used = await ledger_month_usage(services.db)(org["id"], month)
     quota = tier.monthly_token_quota
@@ -85,7 +90,41 @@ async def portal(request: Request) -> Response:
         signed_in_key=session.key_id,
         base_url=str(request.base_url).rstrip("/") + "/v1",
         models=list(services.models),
+        statement_month=statement_month,
+        statement=statement,
+        statement_error=statement_error,
     )
+
+
+async def _statement(request: Request, org_id: str) -> tuple[str, list, str]:
+    """(month, the org's statement as tables, an error message or '') for the month asked, default the current."""
+    month = month_param(request)
+    try:
+        (doc,) = await read(request, statements, month, org_id)
+    except BillingError as exc:
+        return month or "", [], exc.message
+    return doc["month"], statement_tables(doc), ""
+
+
+async def _valid_session(request: Request) -> Session | None:
+    """The portal session, if its key is still valid (not revoked, not expired, still the org's)."""
+    session = web_state(request).portal.read(request)
+    if session is None:
+        return None
+    key = await in_transaction(request, get_key, session.key_id)
+    return session if _key_valid(key, session) else None
+
+
+@router.get(f"{ROOT}/statement")
+async def statement_document(request: Request) -> Response:
+    """The organization's printable statement (A4) for a month: its own, by the session's org id only."""
+    if (session := await _valid_session(request)) is None:
+        return redirect(ROOT)
+    try:
+        docs = await read(request, statements, month_param(request), session.org_id)
+    except BillingError as exc:
+        return Response(exc.message, exc.status, headers=DOCUMENT_HEADERS)
+    return HTMLResponse(statements_html(docs), headers=DOCUMENT_HEADERS)
 
 
 @router.post(f"{ROOT}/signin")

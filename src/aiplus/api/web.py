@@ -39,7 +39,8 @@ def _session(request: Request) -> Session | None:
     return web_state(request).admin.read(request)
 
 
-def _page(request: Request, session: Session, name: str, status: int = 200, **context) -> Response:
+def admin_page(request: Request, session: Session, name: str, status: int = 200, **context) -> Response:
+    """A control-room page: the template with the session's CSRF token, the nav, tiers and sectors."""
     services = request.app.state.services
     return render(
         request,
@@ -81,7 +82,7 @@ async def control_room(request: Request) -> Response:
 
 
 @router.get(f"{ROOT}/signin")
-async def signin_page(request: Request) -> Response:
+async def signinadmin_page(request: Request) -> Response:
     return redirect(f"{ROOT}/live") if _session(request) else _signin(request)
 
 
@@ -129,11 +130,11 @@ def _now() -> str:
 
 
 @router.get(f"{ROOT}/live")
-async def live_page(request: Request) -> Response:
+async def liveadmin_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     live = live_snapshot(request.app.state.services)
-    return _page(request, session, "admin/live.html", live=live, now=_now())
+    return admin_page(request, session, "admin/live.html", live=live, now=_now())
 
 
 @router.get(f"{ROOT}/live.part")
@@ -142,11 +143,11 @@ async def live_part(request: Request) -> Response:
     if (session := _session(request)) is None:
         return Response(status_code=401)
     live = live_snapshot(request.app.state.services)
-    return _page(request, session, "admin/_live.html", live=live, now=_now())
+    return admin_page(request, session, "admin/_live.html", live=live, now=_now())
 
 
 @router.get(f"{ROOT}/orgs")
-async def orgs_page(request: Request) -> Response:
+async def orgsadmin_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     return await _orgs(request, session)
@@ -160,7 +161,7 @@ async def _orgs(request: Request, session: Session, status: int = 200, **context
         return list_orgs(conn, **filters, limit=ORGS_SHOWN + 1), org_facets(conn)
 
     found, facets = await in_transaction(request, read)
-    return _page(
+    return admin_page(
         request,
         session,
         "admin/orgs.html",
@@ -214,10 +215,10 @@ async def _org(request: Request, session: Session, org_id: str, status: int = 20
     try:
         org, keys = await in_transaction(request, read)
     except TenancyError as exc:
-        return _page(
+        return admin_page(
             request, session, "error.html", error_status(exc), title="Not found", message=exc.message
         )
-    return _page(request, session, "admin/org.html", status, org=org, keys=keys, **context)
+    return admin_page(request, session, "admin/org.html", status, org=org, keys=keys, **context)
 
 
 @router.post(f"{ROOT}/orgs/{{org_id}}/tier")
@@ -267,14 +268,14 @@ async def key_revoke(key_id: str, request: Request) -> Response:
     try:
         key = await changes.revoke_key(services.db, services.authenticator.signal, key_id)
     except TenancyError as exc:
-        return _page(
+        return admin_page(
             request, session, "error.html", error_status(exc), title="Not found", message=exc.message
         )
     return redirect(f"{ROOT}/orgs/{key['org_id']}")
 
 
 @router.get(f"{ROOT}/usage")
-async def usage_page(request: Request) -> Response:
+async def usageadmin_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     q = request.query_params
@@ -285,7 +286,7 @@ async def usage_page(request: Request) -> Response:
     try:
         start, end = parse_day(filters["start"], "start"), parse_day(filters["end"], "end")
     except ValueError as exc:
-        return _page(request, session, "admin/usage.html", 400, rows=[], totals=None, filters=filters,
+        return admin_page(request, session, "admin/usage.html", 400, rows=[], totals=None, filters=filters,
                      group_by=group_by, error=str(exc), more=False)  # fmt: skip
     rows = await in_transaction(
         request,
@@ -299,7 +300,7 @@ async def usage_page(request: Request) -> Response:
         group_by=group_by,
     )
     rows.sort(key=lambda r: (r["period"], r["org_id"], r["model"]), reverse=True)
-    return _page(
+    return admin_page(
         request,
         session,
         "admin/usage.html",
@@ -318,7 +319,7 @@ def _cut(request: Request) -> str:
 
 
 @router.get(f"{ROOT}/adoption")
-async def adoption_page(request: Request) -> Response:
+async def adoptionadmin_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     by = _cut(request)
@@ -329,7 +330,7 @@ async def adoption_page(request: Request) -> Response:
             return build_report(conn, services.settings.adoption, by=by)
 
     report = await run_in_threadpool(build)
-    return _page(request, session, "admin/adoption.html", report=report, by=by, cuts=list(CUTS))
+    return admin_page(request, session, "admin/adoption.html", report=report, by=by, cuts=list(CUTS))
 
 
 @router.get(f"{ROOT}/adoption/chart.svg")
@@ -350,11 +351,11 @@ async def adoption_chart(request: Request) -> Response:
 
 
 @router.get(f"{ROOT}/models")
-async def models_page(request: Request) -> Response:
+async def modelsadmin_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     services = request.app.state.services
     configs = {m.config.id: m.config for m in services.models.values()}
     live = live_snapshot(services)
     uptime = int(datetime.now(UTC).timestamp()) - services.started
-    return _page(request, session, "admin/models.html", live=live, configs=configs, uptime_s=uptime)
+    return admin_page(request, session, "admin/models.html", live=live, configs=configs, uptime_s=uptime)

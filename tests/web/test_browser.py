@@ -196,7 +196,17 @@ def _tab_through(page, limit: int = 400) -> set[str]:
     return set(seen)
 
 
-@pytest.mark.parametrize("path", ["/admin/ui/orgs", "/admin/ui/orgs/harbour-clinic", "/admin/ui/usage"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/ui/orgs",
+        "/admin/ui/orgs/harbour-clinic",
+        "/admin/ui/usage",
+        "/admin/ui/statements",
+        "/admin/ui/balance",
+        "/admin/ui/adoption",
+    ],
+)
 def test_keyboard_alone_reaches_every_form_control(web_server, context, path):
     page = context.new_page()
     sign_in(page, web_server.url)
@@ -217,7 +227,8 @@ def test_keyboard_alone_reaches_every_form_control(web_server, context, path):
 def test_create_an_org_with_the_keyboard_only(web_server, context):
     page = context.new_page()
     page.goto(web_server.url + "/admin/ui/signin")
-    page.keyboard.type(ADMIN_TOKEN)  # the token field has focus on arrival
+    expect(page.get_by_label("Admin token")).to_be_focused()  # the token field has focus on arrival
+    page.keyboard.type(ADMIN_TOKEN)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Live")).to_be_visible()
     page.goto(web_server.url + "/admin/ui/orgs")

@@ -54,7 +54,7 @@ async def portal(request: Request) -> Response:
     services = request.app.state.services
     month = datetime.now(UTC).strftime("%Y-%m")
 
-    def read(conn):
+    def load(conn):
         key = get_key(conn, session.key_id)
         if not _key_valid(key, session):
             return None
@@ -62,7 +62,7 @@ async def portal(request: Request) -> Response:
         usage = query_usage(conn, org_id=session.org_id, group_by="month")
         return org, usage, list_keys(conn, session.org_id)
 
-    found = await in_transaction(request, read)
+    found = await in_transaction(request, load)
     if found is None or found[0] is None:
         response = _signin(request, 401, "That key has been revoked or has expired; sign in with another.")
         sessions.end(response)

@@ -196,3 +196,24 @@ def test_org_filters_by_region_and_size_in_the_page_and_the_api(server):
     page = client.get("/admin/ui/orgs", params={"region": "West Fjords", "size_class": "large"}).text
     assert "fjord-shipyard" in page and "fjord-fishery" not in page and "inland-mill" not in page
     assert '<option value="Midlands"' in page  # the regions in use are the filter's choices
+
+
+def test_sign_out_ends_the_session_and_a_new_admin_token_ends_them_all(tmp_path):
+    server = start_server(tmp_path)
+    try:
+        client, _ = admin_client(server)
+        token = _csrf(client.get("/admin/ui/orgs").text)
+        assert client.post("/admin/ui/signout", data={"csrf": token}).status_code == 303
+        assert client.get("/admin/ui/orgs").headers.get("location") == "/admin/ui/signin"
+        kept, _ = admin_client(server)
+        cookie = kept.cookies.get("aiplus_admin")
+        assert kept.get("/admin/ui/orgs").status_code == 200
+        port = server.url.rsplit(":", 1)[1]
+        server.stop()
+        server = start_server(
+            tmp_path, env={"AIPLUS_ADMIN_TOKEN": "another-admin-token-987654321"}, port=int(port)
+        )
+        r = httpx.get(f"{server.url}/admin/ui/orgs", cookies={"aiplus_admin": cookie}, timeout=30)
+        assert r.status_code == 303 and r.headers["location"] == "/admin/ui/signin"
+    finally:
+        server.stop()

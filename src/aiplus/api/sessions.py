@@ -184,9 +184,13 @@ def web_state(request: Request) -> WebState:
     """The app's sessions and throttle, made once from the server secret at the first page request."""
     state = getattr(request.app.state, "web", None)
     if state is None:
-        secret = request.app.state.services.secret
+        services = request.app.state.services
+        secret = services.secret
         state = request.app.state.web = WebState(
-            admin=Sessions(secret, cookie="aiplus_admin", path="/admin/ui", kind="admin"),
+            # bound to the admin token too: starting with another token ends every control-room session
+            admin=Sessions(
+                secret + services.admin.fingerprint, cookie="aiplus_admin", path="/admin/ui", kind="admin"
+            ),
             portal=Sessions(secret, cookie="aiplus_portal", path="/portal", kind="org"),
             throttle=SignInThrottle(),
         )

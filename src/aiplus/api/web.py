@@ -24,7 +24,7 @@ from aiplus.api.sessions import Session, client_address, web_state
 from aiplus.config import SECTORS
 from aiplus.metering.usage import parse_day, query_usage, totals
 from aiplus.tenancy import changes
-from aiplus.tenancy.errors import TenancyError
+from aiplus.tenancy.errors import Invalid, TenancyError
 from aiplus.tenancy.keys import create_key, list_keys
 from aiplus.tenancy.orgs import SIZE_CLASSES, create_org, list_orgs, org_facets, require_org
 
@@ -82,7 +82,7 @@ async def control_room(request: Request) -> Response:
 
 
 @router.get(f"{ROOT}/signin")
-async def signinadmin_page(request: Request) -> Response:
+async def signin_page(request: Request) -> Response:
     return redirect(f"{ROOT}/live") if _session(request) else _signin(request)
 
 
@@ -130,7 +130,7 @@ def _now() -> str:
 
 
 @router.get(f"{ROOT}/live")
-async def liveadmin_page(request: Request) -> Response:
+async def live_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     live = live_snapshot(request.app.state.services)
@@ -147,7 +147,7 @@ async def live_part(request: Request) -> Response:
 
 
 @router.get(f"{ROOT}/orgs")
-async def orgsadmin_page(request: Request) -> Response:
+async def orgs_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     return await _orgs(request, session)
@@ -184,7 +184,7 @@ async def orgs_create(request: Request) -> Response:
     employees = form.get("employees", "").strip()
     try:
         if employees and not employees.isdigit():
-            raise TenancyError("employees must be a whole number", "employees")
+            raise Invalid("employees must be a whole number", "employees")
         org = await in_transaction(
             request,
             create_org,
@@ -275,7 +275,7 @@ async def key_revoke(key_id: str, request: Request) -> Response:
 
 
 @router.get(f"{ROOT}/usage")
-async def usageadmin_page(request: Request) -> Response:
+async def usage_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     q = request.query_params
@@ -319,7 +319,7 @@ def _cut(request: Request) -> str:
 
 
 @router.get(f"{ROOT}/adoption")
-async def adoptionadmin_page(request: Request) -> Response:
+async def adoption_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     by = _cut(request)
@@ -351,7 +351,7 @@ async def adoption_chart(request: Request) -> Response:
 
 
 @router.get(f"{ROOT}/models")
-async def modelsadmin_page(request: Request) -> Response:
+async def models_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     services = request.app.state.services

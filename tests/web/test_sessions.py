@@ -217,3 +217,17 @@ def test_sign_out_ends_the_session_and_a_new_admin_token_ends_them_all(tmp_path)
         assert r.status_code == 303 and r.headers["location"] == "/admin/ui/signin"
     finally:
         server.stop()
+
+
+def test_a_refused_form_says_why_and_keeps_what_was_typed(server):
+    client, _ = admin_client(server)
+    token = _csrf(client.get("/admin/ui/orgs").text)
+    r = client.post(
+        "/admin/ui/orgs", data={"csrf": token, "name": "Count Less", "sector": "trade", "employees": "many"}
+    )
+    assert r.status_code == 400 and "employees must be a whole number" in r.text
+    assert 'value="Count Less"' in r.text and 'value="many"' in r.text
+    r = client.post("/admin/ui/orgs", data={"csrf": token, "name": "Odd", "sector": "space"})
+    assert r.status_code == 400 and "unknown sector" in r.text
+    r = client.post("/admin/ui/orgs/no-such-org/tier", data={"csrf": token, "tier": "batch"})
+    assert r.status_code == 404 and "no organization" in r.text

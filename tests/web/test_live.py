@@ -1,13 +1,16 @@
-"""The live view's figures over real HTTP: calls counted, tiers' and orgs' shares set against their weights."""
+"""The live view's and the models page's figures over real HTTP: calls counted, tiers' and orgs' shares set
+against their weights, each replica's health."""
 
 from __future__ import annotations
 
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from tests.conftest import DEFAULT_MODEL, start_server
+from tests.conftest import DEFAULT_MODEL, free_port, start_server
 from tests.web.test_sessions import admin_client
 
 
@@ -58,3 +61,41 @@ def test_live_view_counts_calls_and_sets_shares_against_weights(server):
     assert DEFAULT_MODEL in html and "healthy" in html
     # signed out: no fragment
     assert httpx.get(f"{server.url}/admin/ui/live.part", timeout=30).status_code == 401
+
+
+class _Models(BaseHTTPRequestHandler):
+    """Stands in for a remote GPU server's model list (its health check), the one thing outside this machine."""
+
+    def do_GET(self):
+        body = b'{"object": "list", "data": []}'
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_models_page_shows_each_replicas_health(tmp_path):
+    alive = ThreadingHTTPServer(("127.0.0.1", 0), _Models)
+    threading.Thread(target=alive.serve_forever, daemon=True).start()
+    dead = free_port()
+    config = (
+        '[[models]]\nid = "remote-pair"\nengine = "openai"\nhealth_interval_s = 1\n'
+        f'upstreams = ["http://127.0.0.1:{alive.server_port}/v1", "http://127.0.0.1:{dead}/v1"]\n'
+    )
+    server = start_server(tmp_path, config)
+    try:
+        client, _ = admin_client(server)
+        html = client.get("/admin/ui/models").text
+        replicas = re.search(r'<ul class="replicas">(.*?)</ul>', html, re.S).group(1)
+        items = re.findall(
+            r"<li>#(\d) <span class=\"(ok|bad)\">(up|down)</span> · (\d+) in flight</li>", replicas
+        )
+        assert items == [("0", "ok", "up", "0"), ("1", "bad", "down", "0")], replicas
+        assert "remote-pair" in html and "healthy" in html  # the model serves while one replica does
+    finally:
+        server.stop()
+        alive.shutdown()

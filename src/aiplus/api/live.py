@@ -48,6 +48,7 @@ def live_snapshot(
                 "capacity": snap["capacity"],
                 "in_flight": snap["in_flight"],
                 "in_flight_by_replica": list(inflight),
+                "replica_health": runtime.engine.replica_health() or [runtime.engine.healthy()],
                 "queued": snap["queued"],
                 "dispatched": runtime.dispatcher.dispatched,
                 "timeouts": runtime.dispatcher.timeouts,

@@ -25,6 +25,7 @@ from aiplus.api import web as web_api
 from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
+from aiplus.api.pages import render
 from aiplus.api.serving import ClientGone
 from aiplus.config import Settings
 from aiplus.metrics import INFLIGHT
@@ -48,8 +49,10 @@ async def _api_error(_: Request, exc: APIError) -> Response:
     return exc.to_response()
 
 
-async def _http_error(_: Request, exc: HTTPException) -> Response:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and request.url.path.startswith(web_api.PAGE_PREFIXES):
+        return render(request, "error.html", 404, title="Not found", message="There is no such page here.")
     if exc.status_code == 404:
         message = "Not found: no such route. The OpenAI-compatible API is under /v1 (see /docs for /admin)."
     return _envelope(exc.status_code, message, headers=getattr(exc, "headers", None))

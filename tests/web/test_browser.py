@@ -298,3 +298,18 @@ def test_statements_and_the_balance_in_the_control_room(web_server, context):
     page.goto(f"{web_server.url}/admin/ui/statements?month=2026-13")
     expect(page.get_by_role("alert")).to_contain_text("month must be a month like")
     assert context.csp_violations == []
+
+
+def test_every_control_room_page_renders_without_csp_violations(web_server, context):
+    page = context.new_page()
+    sign_in(page, web_server.url)
+    for path in PAGES:
+        response = page.goto(web_server.url + path)
+        assert response.status == 200, path
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        expect(page.locator("h1")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        shot(page, path.rsplit("/", 1)[-1])
+    page.goto(web_server.url + "/admin/ui/no-such-page")
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    assert context.csp_violations == []

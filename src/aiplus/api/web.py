@@ -29,6 +29,7 @@ from aiplus.tenancy.keys import create_key, list_keys
 from aiplus.tenancy.orgs import SIZE_CLASSES, create_org, list_orgs, org_facets, require_org
 
 ROOT = "/admin/ui"
+PAGE_PREFIXES = (ROOT, "/portal")  # where a missing page is answered with an HTML page, not JSON
 ORGS_SHOWN = 500
 USAGE_ROWS_SHOWN = 1000
 

@@ -45,6 +45,7 @@ def live_snapshot(
                 "engine": runtime.config.engine,
                 "healthy": runtime.engine.healthy(),
                 "replicas": runtime.engine.replicas,
+                "context_length": runtime.engine.context_length,
                 "capacity": snap["capacity"],
                 "in_flight": snap["in_flight"],
                 "in_flight_by_replica": list(inflight),

@@ -356,7 +356,5 @@ async def models_page(request: Request) -> Response:
     if (session := _session(request)) is None:
         return redirect(f"{ROOT}/signin")
     services = request.app.state.services
-    configs = {m.config.id: m.config for m in services.models.values()}
-    live = live_snapshot(services)
     uptime = int(datetime.now(UTC).timestamp()) - services.started
-    return admin_page(request, session, "admin/models.html", live=live, configs=configs, uptime_s=uptime)
+    return admin_page(request, session, "admin/models.html", live=live_snapshot(services), uptime_s=uptime)

@@ -1,4 +1,5 @@
-"""Shared fixtures: real aiplus servers in subprocesses on loopback ports, with real orgs and keys."""
+"""Shared fixtures: private databases and Redis prefixes, and real aiplus servers in subprocesses on loopback
+ports, with real orgs and keys."""
 
 from __future__ import annotations
 
@@ -8,17 +9,63 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from aiplus.storage.redis import create_redis
+from aiplus.storage.testing import scratch_database, shared_redis_url
+
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token-0123456789"
-PG_URL = os.environ.get("AIPLUS_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("AIPLUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = shared_redis_url()
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_and_url(request, tmp_path):
+    """A migrated, private database and its URL, on SQLite and on the shared PostgreSQL."""
+    with scratch_database(request.param, tmp_path) as (engine, url):
+        yield engine, url
+
+
+@pytest.fixture
+def db(db_and_url):
+    """A migrated, private database on SQLite and on the shared PostgreSQL."""
+    return db_and_url[0]
+
+
+@pytest.fixture
+def sqlite_db(tmp_path):
+    with scratch_database("sqlite", tmp_path) as (engine, _url):
+        yield engine
+
+
+@pytest.fixture
+def pg_db(tmp_path):
+    """A private schema on the shared PostgreSQL, dropped afterwards (safe next to other test runs)."""
+    with scratch_database("postgresql", tmp_path) as (engine, _url):
+        yield engine
+
+
+@pytest.fixture
+async def redis_prefix():
+    """A Redis client and a key prefix private to this test; its keys are deleted afterwards."""
+    client = create_redis(REDIS_URL)
+    prefix = f"aiplus-test:{uuid.uuid4().hex[:12]}:"
+    yield client, prefix
+    keys = [k async for k in client.scan_iter(match=prefix + "*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from aiplus.api import portal as portal_api
 from aiplus.api import web as web_api
 from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, from_storage
 from aiplus.api.pages import render
 from aiplus.api.serving import ClientGone
 from aiplus.config import Settings
@@ -75,6 +75,10 @@ async def _client_gone(_: Request, __: ClientGone) -> Response:
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
+    away = from_storage(exc)
+    if away is not None:
+        log.warning("database unavailable: %s", exc)
+        return away.to_response()
     log.exception("unexpected error", exc_info=exc)
     return _envelope(500, "The server had an error while processing your request.", "server_error")
 

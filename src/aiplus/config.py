@@ -5,6 +5,7 @@ Precedence, lowest first: built-in defaults, the TOML file, environment variable
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -51,7 +52,9 @@ class ModelConfig:
     embeddings: bool = True
     n_threads: int | None = None
     health_interval_s: float = 10.0
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # openai: the whole of a non-streamed answer, an embedding
+    first_byte_timeout_s: float = 60.0  # openai: a stream's first token; else 504, another replica is tried
+    idle_timeout_s: float = 30.0  # openai: the longest silence between a stream's chunks; else it ends (504)
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,10 @@ def _model(raw: dict[str, Any], index: int) -> ModelConfig:
         raise ConfigError(f"{where}: reasoning must be 'deepseek-r1' or absent, not {model.reasoning!r}")
     if model.max_concurrency < 1:
         raise ConfigError(f"{where}: max_concurrency must be >= 1")
+    for name in ("health_interval_s", "request_timeout_s", "first_byte_timeout_s", "idle_timeout_s"):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ConfigError(f"{where}: {name} must be a number of seconds above 0, not {value!r}")
     return model
 
 

@@ -25,7 +25,7 @@ from aiplus.metrics import CallWindow
 from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.scheduling.limits import Limiter, create_limiter
 from aiplus.storage.db import create_engine, migrate
-from aiplus.storage.redis import create_redis
+from aiplus.storage.redis import breaker, create_redis
 from aiplus.tenancy.auth import Authenticator
 from aiplus.tenancy.bootstrap import bootstrap
 from aiplus.tenancy.secrets import AdminAuth
@@ -142,5 +142,6 @@ async def stop_services(services: Services) -> None:
     await services.authenticator.close()
     await services.ledger.close()
     if services.redis is not None:
+        breaker(services.redis).close()
         await services.redis.aclose()
     await asyncio.to_thread(services.db.dispose)

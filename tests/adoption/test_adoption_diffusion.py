@@ -5,7 +5,8 @@ from datetime import date
 import numpy as np
 import pytest
 
-from aiplus.adoption.diffusion import bass, fit, forecast, logistic, refit_batch, years
+from aiplus.adoption.diffusion import bass, logistic, years
+from aiplus.adoption.outlook import forecast
 from aiplus.adoption.penetration import month_ends
 
 TARGETS = (("2027-12-31", 0.70), ("2030-12-31", 0.90))
@@ -40,20 +41,6 @@ def test_logistic_data_is_recognised_by_holdout_error():
     assert result.params["r"] == pytest.approx(1.5, rel=0.10)
 
 
-def test_batched_bootstrap_refit_agrees_with_curve_fit():
-    _, t = monthly(date(2020, 1, 1), date(2023, 12, 31))
-    rng = np.random.default_rng(3)
-    truth = bass(t, 0.03, 0.6, 0.85)
-    ys = truth + rng.normal(0, 0.01, (5, len(t)))
-    start = fit("bass", t, truth)
-    batch = refit_batch("bass", t, ys, start)
-    for row, params in zip(ys, batch, strict=True):
-        single = fit("bass", t, row, [start])
-        sse_batch = np.sum((bass(t, *params) - row) ** 2)
-        sse_single = np.sum((bass(t, *single) - row) ** 2)
-        assert sse_batch <= sse_single * 1.001
-
-
 def test_status_rule_and_orgs_needed():
     months, t = monthly(date(2024, 1, 1), date(2026, 10, 31))
     rng = np.random.default_rng(5)
@@ -71,7 +58,22 @@ def test_status_rule_and_orgs_needed():
     assert outlook.months_left == 14
     assert outlook.needed_per_month == -(-(700 - adopting) // 14)
     assert outlook.extra_per_month == outlook.needed_per_month - max(0, outlook.trend_per_month)
-    assert len(fast.band) == len(month_ends(date(2024, 1, 1), date(2030, 12, 31)))
+    # the band runs from the last observed month, where it is the observation itself, to the last target
+    assert [b[0] for b in fast.band] == month_ends(date(2026, 10, 1), date(2030, 12, 31))
+    y_fast = bass(t, 0.05, 1.5, 0.98)
+    assert fast.band[0][1:] == pytest.approx((fast.band[0][1],) * 3)
+    assert abs(fast.band[0][1] - y_fast[-1]) < 0.02
+
+
+def test_a_forecast_starts_at_the_last_observation_and_never_drops_below_it():
+    months, t = monthly(date(2024, 1, 1), date(2026, 10, 31))
+    y = bass(t, 0.02, 0.9, 0.8)
+    y[-1] += 0.03  # the last month above the curve: a fit alone would start 3 pp lower
+    result = forecast(months, y, TARGETS, resamples=50)
+    band = result.band
+    assert band[0][0] == months[-1] and band[0][1] == pytest.approx(y[-1])
+    assert band[1][1] >= y[-1]  # the month after: not below the last observation
+    assert all(b[1] <= c[1] + 1e-12 for b, c in zip(band, band[1:], strict=False))
 
 
 def test_past_target_dates_are_met_or_missed_on_the_observed_figure():

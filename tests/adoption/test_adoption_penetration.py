@@ -44,13 +44,13 @@ LEDGER = [
 ]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request):
-    engine = request.getfixturevalue("engine" if request.param == "sqlite" else "pg_engine")
-    with engine.begin() as conn:
+@pytest.fixture
+def db(db):
+    """The shared database fixture (SQLite and PostgreSQL), holding this module's register and ledger."""
+    with db.begin() as conn:
         insert_register(conn, REGISTER)
         conn.execute(usage_daily.insert(), LEDGER)
-    return engine
+    return db
 
 
 def series(engine, by="sector", detail="all", **rule):
@@ -104,10 +104,10 @@ def test_longer_window_and_threshold(db):
     assert jan.adopting == 1  # only o3 with 12
 
 
-def test_no_usage_gives_zero_not_errors(engine):
-    with engine.begin() as conn:
+def test_no_usage_gives_zero_not_errors(sqlite_db):
+    with sqlite_db.begin() as conn:
         insert_register(conn, REGISTER)
-    s = series(engine)
+    s = series(sqlite_db)
     assert s.months == [date(2026, 2, 28)]
     assert s.total[0].penetration == 0.0 and s.total[0].orgs == 4
 
@@ -148,7 +148,7 @@ def test_stored_window_sums_give_the_live_figures(db):
     assert series(db).total[0].adopting == 3
 
 
-def test_through_the_ledger_days_are_utc(engine):
+def test_through_the_ledger_days_are_utc(sqlite_db):
     """Events written by the ledger: the rollup day is the UTC date, so a request at 00:30 in UTC+8 on
     1 February counts for January (16:30 UTC on 31 January), and one at 00:30 UTC on 1 February does not."""
     from datetime import datetime, timedelta, timezone
@@ -167,10 +167,10 @@ def test_through_the_ledger_days_are_utc(engine):
         event(9, "o2", datetime(2026, 2, 1, 0, 30, tzinfo=UTC))
     ]
     events += [event(i, "o3", mid_jan, status="error") for i in range(20)]
-    with engine.begin() as conn:
+    with sqlite_db.begin() as conn:
         insert_register(conn, REGISTER)
         assert write_events(conn, events) == 40
         assert write_events(conn, events) == 0  # idempotent: the rollups count each request once
-    jan, feb = series(engine).total
+    jan, feb = series(sqlite_db).total
     assert (jan.adopting, feb.adopting) == (1, 0)
     assert jan.tokens == 10 * 15 + 9 * 15  # o1's ten and o2's nine successful requests in January's window

@@ -39,24 +39,24 @@ def test_size_class_boundaries():
     ]
 
 
-def test_import_register_derives_size_class_and_updates_by_id(engine, tmp_path):
-    with engine.begin() as conn:
+def test_import_register_derives_size_class_and_updates_by_id(sqlite_db, tmp_path):
+    with sqlite_db.begin() as conn:
         result = import_register(conn, write(tmp_path, GOOD))
     assert (result.rows, result.inserted, result.updated) == (6, 6, 0)
-    with engine.connect() as conn:
+    with sqlite_db.connect() as conn:
         got = dict(conn.execute(sa.select(register_orgs.c.id, register_orgs.c.size_class)).all())
     assert got == {"a1": "micro", "a2": "small", "a3": "small", "a4": "medium", "a5": "medium", "a6": "large"}
-    with engine.begin() as conn:
+    with sqlite_db.begin() as conn:
         result = import_register(
             conn, write(tmp_path, "id,name,sector,region,employees\na1,Acme,ict,West,300\n")
         )
     assert (result.inserted, result.updated) == (0, 1)
-    with engine.connect() as conn:
+    with sqlite_db.connect() as conn:
         row = conn.execute(sa.select(register_orgs).where(register_orgs.c.id == "a1")).one()
     assert (row.sector, row.region, row.employees, row.size_class) == ("ict", "West", 300, "large")
 
 
-def test_bad_rows_are_reported_with_line_numbers_and_nothing_is_imported(engine, tmp_path):
+def test_bad_rows_are_reported_with_line_numbers_and_nothing_is_imported(sqlite_db, tmp_path):
     text = (
         "id,name,sector,region,employees\n"
         "b1,Good,finance,North,12\n"  # line 2: fine
@@ -68,7 +68,7 @@ def test_bad_rows_are_reported_with_line_numbers_and_nothing_is_imported(engine,
         "b5,Short,trade\n"  # line 8: missing region and employees
         "b6,Fine,trade,East,1\n"  # line 9: fine
     )
-    with pytest.raises(ImportRejected) as info, engine.begin() as conn:
+    with pytest.raises(ImportRejected) as info, sqlite_db.begin() as conn:
         import_register(conn, write(tmp_path, text))
     problems = dict(info.value.problems)
     assert sorted(problems) == [3, 4, 5, 6, 8]
@@ -78,29 +78,29 @@ def test_bad_rows_are_reported_with_line_numbers_and_nothing_is_imported(engine,
     assert "not a whole number" in problems[6]
     assert "missing region" in problems[8] and "missing employees" in problems[8]
     assert "line 3:" in str(info.value) and "nothing imported" in str(info.value)
-    with engine.connect() as conn:
+    with sqlite_db.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(register_orgs)) == 0
 
 
-def test_bad_header_is_rejected(engine, tmp_path):
-    with pytest.raises(ImportRejected, match="lacks column"), engine.begin() as conn:
+def test_bad_header_is_rejected(sqlite_db, tmp_path):
+    with pytest.raises(ImportRejected, match="lacks column"), sqlite_db.begin() as conn:
         import_register(conn, write(tmp_path, "id,name,sector\nx,y,ict\n"))
 
 
-def test_observations_import_validates_and_replaces_same_source(engine, tmp_path):
+def test_observations_import_validates_and_replaces_same_source(sqlite_db, tmp_path):
     good = (
         "sector,date,penetration,source\nall,2024-12-31,13.5%,Eurostat 2024\nfinance,2025-12-31,0.31,survey\n"
     )
-    with engine.begin() as conn:
+    with sqlite_db.begin() as conn:
         assert import_observations(conn, write(tmp_path, good, "obs.csv")).inserted == 2
         again = import_observations(conn, write(tmp_path, good, "obs.csv"))
     assert (again.inserted, again.updated) == (0, 2)
-    with engine.connect() as conn:
+    with sqlite_db.connect() as conn:
         obs = load_observations(conn)
     assert [(o["sector"], o["penetration"]) for o in obs] == [("all", 0.135), ("finance", 0.31)]
     bad = "sector,date,penetration,source\nfinance,2025-13-01,0.3,x\nict,2025-01-01,1.4,x\nmars,2025-01-01,0.1,\n"
-    with pytest.raises(ImportRejected) as info, engine.begin() as conn:
+    with pytest.raises(ImportRejected) as info, sqlite_db.begin() as conn:
         import_observations(conn, write(tmp_path, bad, "bad.csv"))
     assert [line for line, _ in info.value.problems] == [2, 3, 4]
-    with engine.connect() as conn:
+    with sqlite_db.connect() as conn:
         assert len(load_observations(conn)) == 2

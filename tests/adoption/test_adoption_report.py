@@ -30,9 +30,9 @@ def settings():
 
 
 @pytest.fixture
-def demo(engine, settings):
-    done = seed_demo(engine, settings, orgs=400, months=12, seed=3, today=TODAY)
-    return engine, done
+def demo(sqlite_db, settings):
+    done = seed_demo(sqlite_db, settings, orgs=400, months=12, seed=3, today=TODAY)
+    return sqlite_db, done
 
 
 def test_demo_seeds_register_tenants_keys_and_ledger(demo):
@@ -87,7 +87,9 @@ def test_report_shape_and_definition(demo, settings):
     assert total["series"][0]["agent_penetration"] is not None
     assert total["agent_penetration"] is not None and total["intensity_tokens_per_employee"] > 0
     forecast = total["forecast"]
-    assert forecast["model"] in ("bass", "logistic") and set(forecast["holdout_rmse"]) == {"bass", "logistic"}
+    assert forecast["model"] == "sum of parts" and "weighted" in data["reconciliation"]
+    assert any(set(g["forecast"]["holdout_rmse"]) == {"bass", "logistic"} for g in data["groups"])
+    assert total["agents_forecast"]["model"] == "sum of parts"
     for outlook in forecast["targets"]:
         assert outlook["status"] in STATUSES
         assert outlook["low"] <= outlook["projected"] <= outlook["high"]
@@ -101,6 +103,14 @@ def test_table_and_csv_carry_the_definition(demo, settings):
     engine, _ = demo
     with engine.connect() as conn:
         report = build_report(conn, settings.adoption, by="size", as_of=TODAY, resamples=20)
+    # size classes are reconciled to the sectors' total: the same national line, and they add up to it
+    with engine.connect() as conn:
+        by_sector = build_report(conn, settings.adoption, as_of=TODAY, resamples=20, backtest_origins=0)
+    assert [b[1] for b in report.total.forecast.band] == [b[1] for b in by_sector.total.forecast.band]
+    orgs = report.total.latest.orgs
+    for i, (_, point, _, _) in enumerate(report.total.forecast.band):
+        parts = sum(g.latest.orgs / orgs * g.forecast.band[i][1] for g in report.groups)
+        assert parts == pytest.approx(point, abs=1e-9)
     console = Console(record=True, width=300)
     console.print(to_rich_table(report))
     text = console.export_text()
@@ -108,6 +118,12 @@ def test_table_and_csv_carry_the_definition(demo, settings):
     rows = list(csv.DictReader(io.StringIO(to_csv(report))))
     assert [r["size"] for r in rows][-1] == "all"
     assert {"penetration", "status_2027", "extra_orgs_per_month_2030", "definition"} <= set(rows[0])
+    assert {
+        "agents_status_2030",
+        "agents_projected_2027",
+        "backtest_mae_pp_6m",
+        "agents_backtest_coverage_6m",
+    } <= set(rows[0])
     assert all("successful requests" in r["definition"] for r in rows)
 
 
@@ -173,11 +189,94 @@ def test_admin_adoption_endpoint(demo, settings, tmp_path):
             "/admin/adoption", params={"by": "region", "as_of": "2026-11-15", "band": "false"}
         ).json()
         assert body["by"] == "region" and body["as_of"] == "2026-10-31"
+        full = client.get("/admin/adoption", params={"by": "region", "as_of": "2026-11-15"}).json()
+        for g in full["groups"]:  # reconciled regions start at their last value, only rise, stay shares
+            points = [b["point"] for b in g["forecast"]["band"]]
+            assert points[0] == g["penetration"] and max(points) <= 1 + 1e-12
+            assert all(b >= a - 1e-12 for a, b in zip(points, points[1:], strict=False)), g["key"]
         assert body["definition"]["min_requests"] == 10 and body["groups"]
         assert "band" not in body["total"]["forecast"]
         lean = client.get("/admin/adoption", params={"series": "false", "as_of": "2026-11-15"}).json()
         assert "series" not in lean["total"] and lean["total"]["penetration"] == body["total"]["penetration"]
+        quick = client.get("/admin/adoption", params={"as_of": "2026-11-15", "backtest": "0"}).json()
+        assert quick["backtest"] == {} and quick["total"]["forecast"]["backtest"] is None
+        assert body["backtest"]["penetration"]["levels"]["all"]["n_6m"] > 0
+        wrong = client.get("/admin/adoption", params={"backtest": "-1"})
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "backtest"
         bad = client.get("/admin/adoption", params={"by": "planet"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "by"
         assert client.get("/admin/adoption", params={"as_of": "soon"}).status_code == 400
         assert client.get("/admin/adoption", headers={"Authorization": ""}).status_code == 401
+
+
+def test_demo_total_is_the_sum_of_its_sectors_and_never_contradicts_them(demo, settings):
+    engine, _ = demo
+    with engine.connect() as conn:
+        report = build_report(conn, settings.adoption, as_of=TODAY, resamples=100, backtest_origins=3)
+    data = json.loads(json.dumps(report.as_dict()))
+    groups, total = data["groups"], data["total"]
+    w = {g["key"]: g["orgs"] / total["orgs"] for g in groups}
+    for name in ("forecast", "agents_forecast"):
+        band = total[name]["band"]
+        assert band[0]["month"] == "2026-10" and band[-1]["month"] == "2030-12"
+        for i, month in enumerate(band):  # every month, the point and each path-derived figure add up
+            parts = [g[name]["band"][i] for g in groups]
+            assert month["point"] == pytest.approx(
+                sum(w[g["key"]] * p["point"] for g, p in zip(groups, parts, strict=True)), abs=1e-9
+            )
+            assert min(p["low"] for p in parts) - 1e-9 <= month["low"] <= month["point"] <= month["high"]
+            assert month["high"] <= max(p["high"] for p in parts) + 1e-9
+        months = [b["month"] for b in band]
+        for i, outlook in enumerate(total[name]["targets"]):
+            at = months.index(outlook["date"][:7])
+            parts = [g[name]["band"][at] for g in groups]
+            assert outlook["projected"] == pytest.approx(
+                sum(w[g["key"]] * p["point"] for g, p in zip(groups, parts, strict=True))
+            )
+            assert (
+                outlook["low"]
+                <= sum(w[g["key"]] * p["high"] for g, p in zip(groups, parts, strict=True)) + 1e-9
+            )
+            if all(g[name]["targets"][i]["status"] == "off track" for g in groups):
+                assert outlook["status"] != "on track"
+    # agent use is a part of use, and so is its forecast
+    for g in [*groups, total]:
+        for a, u in zip(g["agents_forecast"]["band"], g["forecast"]["band"], strict=True):
+            assert a["point"] <= u["point"] + 1e-9
+    # each forecast carries its back-tested error
+    for g in [*groups, total]:
+        assert g["forecast"]["backtest"]["n_6m"] == 3 and "in band" in g["forecast"]["backtest"]["summary"]
+    assert data["backtest"]["penetration"]["levels"]["all"]["n_6m"] == 3
+    console = Console(record=True, width=400)
+    console.print(to_rich_table(report))
+    text = console.export_text()
+    assert "back-test error" in text and "agents 2030" in text
+
+
+@pytest.mark.parametrize("by", ["sector", "region"])
+def test_an_empty_register_gives_an_empty_report_not_an_error(engine, settings, by):
+    with engine.connect() as conn:
+        report = build_report(conn, settings.adoption, by=by, as_of=TODAY)
+    assert report.groups == [] and report.total.latest.orgs == 0
+    assert report.total.forecast.model is None and report.total.forecast.note == "the register is empty"
+    assert {t.status for t in report.total.forecast.targets} == {"insufficient data"}
+
+
+def test_usage_only_in_the_current_month_gives_a_report_without_months(engine, settings, tmp_path):
+    from datetime import UTC, datetime
+
+    from aiplus.adoption.register import insert_register
+    from aiplus.metering.ledger import UsageEvent, write_events
+
+    with engine.begin() as conn:
+        insert_register(conn, [{"id": "o1", "name": "A", "sector": "ict", "region": "N", "employees": 3}])
+        event = UsageEvent(
+            "r1", "o1", None, "m", "chat", 1, 1, "ok", True, datetime(2026, 11, 3, tzinfo=UTC), 1, 1, 1
+        )
+        write_events(conn, [event])
+    with engine.connect() as conn:
+        report = build_report(conn, settings.adoption, as_of=TODAY)  # November is not complete on the 15th
+    assert report.months == [] and report.total.latest.orgs == 0
+    assert report.total.forecast.band[0][0] == date(2026, 10, 31)
+    assert {t.status for t in report.total.forecast.targets} == {"insufficient data"}
+    assert write_chart(report, tmp_path / "empty.svg").stat().st_size > 0

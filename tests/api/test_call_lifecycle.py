@@ -9,8 +9,12 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_TOKEN, DEFAULT_MODEL, start_server
+
+# 1 micro-unit per prompt token, 3 per completion token: every billed request costs something, exactly.
+PRICES = '[[prices]]\nmodel = "*"\ninput_per_mtok = 1000000\noutput_per_mtok = 3000000\n'
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +22,29 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lifecycle")
     s = start_server(
         tmp,
-        f'[tiers.tiny]\nrequests_per_minute = 2\n[[models]]\nid = "{DEFAULT_MODEL}"\n'
-        'max_concurrency = 1\n[[models]]\nid = "short-context"\ncontext_length = 2048\n',
+        "[tiers.tiny]\nrequests_per_minute = 2\n[tiers.watched]\nrequests_per_minute = 1000\n"
+        f'[[models]]\nid = "{DEFAULT_MODEL}"\nmax_concurrency = 1\n'
+        '[[models]]\nid = "short-context"\ncontext_length = 2048\n' + PRICES,
     )
     yield s
     s.stop()
+
+
+def metric(server, name: str, **labels: str) -> float | None:
+    """One sample's value from the server's /metrics (parsed, so a ``# HELP`` line alone never counts)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+def wait_metric(server, name: str, value: float, timeout: float = 30.0, **labels: str) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := metric(server, name, **labels)) != value:
+        assert time.monotonic() < deadline, f"{name}{labels} is {got}, expected {value}"
+        time.sleep(0.05)
 
 
 def events(server, org_id: str) -> list[dict]:
@@ -37,7 +59,7 @@ def events(server, org_id: str) -> list[dict]:
         db.close()
 
 
-def wait_events(server, org_id: str, n: int, timeout: float = 10.0) -> list[dict]:
+def wait_events(server, org_id: str, n: int, timeout: float = 30.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = events(server, org_id)
@@ -70,36 +92,42 @@ def raw_stream(server, key: str, max_tokens: int, stream: bool = True) -> socket
 
 def test_client_leaving_mid_stream_is_metered_for_what_it_received(server):
     org = server.new_org("Leaving Clinic", sector="healthcare")
-    sock = raw_stream(server, org["key"], max_tokens=400)
+    other = server.new_org("Next One")
+    t0 = time.perf_counter()
+    sock = raw_stream(server, org["key"], max_tokens=1500)
     received = b""
     while received.count(b"data: {") < 12:  # role chunk + about 10 tokens
         received += sock.recv(65536)
+    ten_tokens = time.perf_counter() - t0  # this machine's pace right now, prompt included
     sock.close()
     (event,) = wait_events(server, org["org"]["id"], 1)
     assert event["status"] == "cancelled"
-    assert 10 <= event["completion_tokens"] < 60, event  # what it got, not the 400 it asked for
+    assert 10 <= event["completion_tokens"] < 60, event  # what it got, not the 1,500 it asked for
     assert event["prompt_tokens"] > 0 and event["ttft_ms"] is not None
-    # the engine stopped: the next request is served at once, not after 400 tokens
-    other = server.new_org("Next One")
+    # the engine stopped: the next request (one slot) is served at once, not after the ~1,490 tokens left,
+    # which at this pace take far over ten times as long as the prompt and the first ten tokens did
     t0 = time.perf_counter()
     r = httpx.post(
         f"{server.v1}/chat/completions",
-        timeout=60,
+        timeout=120,
         headers={"authorization": f"Bearer {other['key']}"},
         json={"model": DEFAULT_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
     )
-    assert r.status_code == 200 and time.perf_counter() - t0 < 3.0
+    waited = time.perf_counter() - t0
+    assert r.status_code == 200 and waited < 10 * ten_tokens, (waited, ten_tokens)
 
 
 def test_client_leaving_before_a_whole_answer_stops_the_generation(server):
     org = server.new_org("Hasty Ministry", sector="public_administration")
     sock = raw_stream(server, org["key"], max_tokens=1500, stream=False)
+    wait_metric(server, "aiplus_inflight_requests", 1.0, model=DEFAULT_MODEL, replica="0")  # generating
     time.sleep(1.0)
     sock.close()
     (event,) = wait_events(server, org["org"]["id"], 1)
     assert event["status"] == "cancelled"
-    assert 0 < event["completion_tokens"] < 1500, event
-    assert event["duration_ms"] < 5000
+    # at temperature 0 this story runs past 1,000 tokens: had the engine gone on, it would have reached 1,500
+    # (a loaded machine may not have produced the first token yet: 0 is a fine answer too)
+    assert event["completion_tokens"] < 1500, event
 
 
 def test_client_leaving_while_queued_leaves_the_queue(server):
@@ -108,15 +136,12 @@ def test_client_leaving_while_queued_leaves_the_queue(server):
     hog = raw_stream(server, busy["key"], max_tokens=300)  # holds the only slot
     hog.recv(4096)
     queued = raw_stream(server, waiting["key"], max_tokens=50)
-    time.sleep(0.5)
-    metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'aiplus_queue_length{model="smollm2-135m-instruct",tier="standard"} 1.0' in metrics
+    wait_metric(server, "aiplus_queue_length", 1.0, model=DEFAULT_MODEL, tier="standard")
     queued.close()
     (event,) = wait_events(server, waiting["org"]["id"], 1)
     assert event["status"] == "cancelled" and event["completion_tokens"] == 0
     assert event["prompt_tokens"] == 0 and event["cost_micros"] == 0  # it never ran: nothing to bill
-    metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'aiplus_queue_length{model="smollm2-135m-instruct",tier="standard"} 0.0' in metrics
+    assert metric(server, "aiplus_queue_length", model=DEFAULT_MODEL, tier="standard") == 0.0
     hog.close()
     wait_events(server, busy["org"]["id"], 1)
 
@@ -137,9 +162,8 @@ def test_every_answered_request_has_one_event_with_its_usage(server):
     assert {(e["request_id"], e["prompt_tokens"], e["completion_tokens"]) for e in rows} == {
         (rid, u["prompt_tokens"], u["completion_tokens"]) for rid, u in usages
     }
-    assert all(e["status"] == "ok" and e["cost_micros"] > 0 for e in rows) or all(
-        e["cost_micros"] == 0 for e in rows
-    )
+    for e in rows:  # PRICES: 1 micro-unit per prompt token, 3 per completion token
+        assert e["status"] == "ok" and e["cost_micros"] == e["prompt_tokens"] + 3 * e["completion_tokens"] > 0
 
 
 def test_rate_limit_headers_like_openai(server):
@@ -161,16 +185,24 @@ def test_rate_limit_headers_like_openai(server):
         assert name in r.headers, name
 
 
-def test_metrics_exposes_scheduler_and_engine_state(server):
-    text = httpx.get(f"{server.url}/metrics").text
-    for name in (
-        "aiplus_queue_length",
-        "aiplus_queue_wait_seconds_bucket",
-        "aiplus_tokens_served_total",
-        "aiplus_inflight_requests",
-    ):
-        assert name in text, name
-    assert 'aiplus_inflight_requests{model="smollm2-135m-instruct",replica="0"}' in text
+def test_metrics_count_a_request_and_show_it_in_flight(server):
+    """Values, not names: one request of a tier nobody else uses moves its samples by exactly its usage."""
+    org = server.new_org("Metrics Reader", tier="watched")
+    watched = {"model": DEFAULT_MODEL, "tier": "watched"}
+    hog = raw_stream(server, org["key"], max_tokens=1000)
+    hog.recv(4096)  # generating: the only slot is taken
+    wait_metric(server, "aiplus_inflight_requests", 1.0, model=DEFAULT_MODEL, replica="0")
+    hog.close()
+    (event,) = wait_events(server, org["org"]["id"], 1)  # the counters move just before the event is recorded
+    wait_metric(server, "aiplus_inflight_requests", 0.0, model=DEFAULT_MODEL, replica="0")
+    assert metric(server, "aiplus_queue_wait_seconds_count", **watched) == 1.0
+    assert metric(server, "aiplus_queue_length", **watched) == 0.0
+    served = {
+        kind: metric(server, "aiplus_tokens_served_total", kind=kind, **watched)
+        for kind in ("prompt", "completion")
+    }
+    assert served == {"prompt": event["prompt_tokens"], "completion": event["completion_tokens"]}, event
+    assert event["completion_tokens"] > 0
 
 
 def test_adoption_report_is_admin_only(server):
@@ -182,16 +214,15 @@ def test_adoption_report_is_admin_only(server):
 
 
 def test_server_stays_responsive_while_the_model_generates(server):
+    """Ten /healthz answers arrive while one long generation is still running (order, not a time bound)."""
     org = server.new_org("Long Writer")
-    hog = raw_stream(server, org["key"], max_tokens=300)
+    hog = raw_stream(server, org["key"], max_tokens=1000)
     hog.recv(4096)
-    worst = 0.0
     for _ in range(10):
-        t0 = time.perf_counter()
-        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
-        worst = max(worst, time.perf_counter() - t0)
+        assert httpx.get(f"{server.url}/healthz", timeout=60).status_code == 200
     hog.close()
-    assert worst < 0.25, worst
+    (event,) = wait_events(server, org["org"]["id"], 1)
+    assert event["status"] == "cancelled"  # it was still generating when the last /healthz answered
 
 
 def test_rate_limited_org_gets_429_with_retry_after(server):

@@ -330,15 +330,29 @@ def test_unknown_route_and_method(raw):
     _error(raw.get("/v1/chat/completions"), 405)
 
 
-def test_truncated_body_does_not_hang_the_server(embedded_server, raw):
-    """A client that promises more body than it sends, then leaves: the server stays healthy."""
+def test_truncated_body_does_not_hang_the_server(embedded_server, embedded_org, raw):
+    """A client that promises more body than it sends, then stops sending: its request ends (an error or a
+    closed connection) within a bound, as a client error, not a server error; the server stays healthy."""
     host, port = embedded_server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as s:
+    log_before = embedded_server.log.stat().st_size
+    with socket.create_connection((host, int(port)), timeout=30) as s:
         s.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 1000\r\n\r\n{"model":'
+            + f"Authorization: Bearer {embedded_org['key']}\r\n".encode()
+            + b'Content-Length: 1000\r\n\r\n{"model":'
         )
+        s.shutdown(socket.SHUT_WR)  # no more body will come
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pytest.fail(f"the truncated request still hangs after 30 s (received {answer[:200]!r})")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert raw.get("/healthz").status_code == 200
+    with embedded_server.log.open("rb") as log:
+        log.seek(log_before)
+        assert b"unexpected error" not in log.read()  # a client leaving mid-body is no server error
 
 
 def test_healthz(embedded_server):

@@ -82,7 +82,7 @@ def test_loadgen_measures_the_fake_upstream(upstream_port, stream):
     result = asyncio.run(
         loadgen.run_load("127.0.0.1", upstream_port, stream=stream, concurrency=4, duration=0.3, warmup=0.1)
     )
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # bounded by its duration (0.4 s), with room for a loaded machine
     assert result["errors"] == 0 and result["ok"] > 50
     assert 0 < result["latency"]["p50_ms"] <= result["latency"]["p99_ms"]
     if stream:
@@ -94,7 +94,7 @@ def test_loadgen_is_bounded_by_count(upstream_port):
     result = asyncio.run(
         loadgen.run_load("127.0.0.1", upstream_port, concurrency=2, duration=30, warmup=0, max_requests=200)
     )
-    assert 200 <= result["sent_total"] <= 202 and result["elapsed_s"] < 10
+    assert 200 <= result["sent_total"] <= 202 and result["elapsed_s"] < 30  # the count ended it, not the time
 
 
 def test_loadgen_refuses_non_loopback_targets():

@@ -5,7 +5,6 @@ import pytest
 from aiplus.billing.versions import adopt_tariff
 from aiplus.config import DEFAULT_TIERS
 from aiplus.metering.events import UsageEvent, write_events
-from aiplus.storage.testing import scratch_database
 from aiplus.tenancy.orgs import create_org
 
 TIERS = [t.name for t in DEFAULT_TIERS]
@@ -61,13 +60,6 @@ healthcare = {healthcare}
 
 def tariff_text(input: int = 1_000_000, output: int = 2_000_000, healthcare: str = "0.25") -> str:
     return TARIFF.format(input=input, output=output, healthcare=healthcare)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    """A migrated, private database on SQLite and on the machine's PostgreSQL."""
-    with scratch_database(request.param, tmp_path) as (engine, _url):
-        yield engine
 
 
 @pytest.fixture

@@ -129,6 +129,19 @@ def test_register_demo_and_adoption(aiplus, tmp_path):
     assert (tmp_path / "a.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_adoption_backtest_scores_refitted_forecasts(aiplus):
+    assert aiplus("demo", "seed", "--orgs", "400", "--months", "20").code == 0
+    r = aiplus("adoption", "backtest", "--origins", "3", "--format", "json")
+    data = json.loads(r.out)
+    total = data["penetration"]["levels"]["all"]
+    assert r.code == 0 and len(data["penetration"]["origins"]) == 3 and total["n_6m"] == 3
+    assert total["mae_pp_6m"] >= 0 and 0 <= total["coverage_6m"] <= 1 and "agents" in data
+    r = aiplus("adoption", "backtest", "--origins", "3")
+    assert r.code == 0 and "Back-test by sector" in r.out and "6-mo MAE (pp)" in r.out
+    r = aiplus("adoption", "report", "--backtest", "3", "--format", "json", "--no-band")
+    assert r.code == 0 and json.loads(r.out)["total"]["forecast"]["backtest"]["n_6m"] == 3
+
+
 def test_empty_register_is_explained(aiplus):
     r = aiplus("adoption", "report", "--format", "csv")
     assert r.code == 0 and "the register is empty" in r.err and "aiplus demo seed" in r.err
@@ -148,6 +161,8 @@ def test_empty_register_is_explained(aiplus):
         (("adoption", "report", "--as-of", "May"), 2, "--as-of: not a date"),
         (("adoption", "chart", "out.gif"), 2, "chart file must end in .png or .svg"),
         (("demo", "seed", "--orgs", "0"), 2, "--orgs and --months must be at least 1"),
+        (("adoption", "backtest", "--origins", "0"), 2, "back-test origins must be 1 to"),
+        (("adoption", "report", "--backtest", "-1"), 2, "back-test origins must be 0 to"),
     ],
 )
 def test_user_errors_are_one_line_and_an_exit_code(aiplus, argv, code, message):

@@ -145,7 +145,7 @@ def test_a_killed_replica_does_not_fail_requests(client, replicas):
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(40)))
-    assert killed.is_set() and victim.wait(timeout=5) is not None
+    assert killed.is_set() and victim.wait(timeout=60) is not None
     assert not errors, errors[:3]
     assert len(done) == 40
     assert len(after_kill) >= 20  # most of the load ran after the kill, on the survivor

@@ -124,10 +124,12 @@ async def test_two_limiters_sharing_redis_hold_one_global_limit(redis_prefix):
     duration = 3.0
 
     async def hammer(i):
-        while time.monotonic() - start < duration:
+        refused = False  # go on until this hammer has met the empty bucket, however slow the machine
+        while time.monotonic() - start < duration or not refused:
             try:
                 res = await limiters[i].reserve(principal(), size)
             except RateLimited:
+                refused = True
                 await asyncio.sleep(0.005)
                 continue
             admitted[i] += size
@@ -137,7 +139,9 @@ async def test_two_limiters_sharing_redis_hold_one_global_limit(redis_prefix):
     elapsed = time.monotonic() - start
     allowed = tpm + tpm * elapsed / 60  # a full bucket plus its refill
     assert min(admitted) > 0
-    assert abs(sum(admitted) - allowed) / allowed < 0.05, (admitted, allowed)
+    # the whole bucket was used (the last refusal leaves less than one request in it), and never more than the
+    # bucket and its refill: two limiters that did not share would admit about twice as much
+    assert tpm - size <= sum(admitted) <= allowed + size, (admitted, allowed)
     for limiter in limiters:
         await limiter.close()
 

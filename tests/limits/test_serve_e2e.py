@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from aiplus.storage.db import create_engine
 from aiplus.storage.tables import usage_events
 from aiplus.storage.testing import scratch_database
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +70,7 @@ class Server:
     async def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a loaded machine starts slowly
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -93,14 +94,6 @@ def servers(tmp_path):
     yield started
     for server in started:
         server.kill(signal.SIGTERM)
-
-
-@pytest.fixture(autouse=True)
-def _need_server():
-    try:
-        import aiplus.app  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"aiplus serve is not importable yet: {exc}")
 
 
 async def _org_and_key(client: httpx.AsyncClient, url: str, tier: str) -> tuple[str, str]:
@@ -127,7 +120,7 @@ async def test_two_servers_hold_one_tokens_per_minute_limit_and_revoke_at_once(t
     with scratch_database("postgresql", tmp_path) as (_engine, url):
         env = {
             "AIPLUS_DATABASE_URL": url,
-            "AIPLUS_REDIS_URL": "redis://127.0.0.1:6379",
+            "AIPLUS_REDIS_URL": REDIS_URL,
             "AIPLUS_REDIS_PREFIX": f"aiplus-test:{uuid.uuid4().hex[:12]}:",
         }
         for name in ("one", "two"):
@@ -141,20 +134,24 @@ async def test_two_servers_hold_one_tokens_per_minute_limit_and_revoke_at_once(t
             window = 5.0
 
             async def hammer(i: int) -> None:
-                while time.monotonic() - start < window:
+                refused = False  # go on until this hammer has met the empty bucket, however slow the machine
+                while time.monotonic() - start < window or not refused:
                     r = await client.post(f"{servers[i].url}/v1/chat/completions", json=_chat(), headers=auth)
                     if r.status_code == 200:
                         used[i] += r.json()["usage"]["total_tokens"]
                     else:
                         assert r.status_code == 429, r.text
                         assert "x-ratelimit-limit-tokens" in r.headers and "retry-after" in r.headers
+                        refused = True
                         await asyncio.sleep(0.02)
 
             await asyncio.gather(*(hammer(i % 2) for i in range(16)))
             allowed = TINY_TPM + TINY_TPM * (time.monotonic() - start) / 60
             print("admitted tokens", used, "allowed", round(allowed))
             assert min(used) > 0
-            assert abs(sum(used) - allowed) / allowed <= 0.05, (used, allowed)
+            # about the whole bucket was used, and never more than the bucket and its refill (plus one
+            # request's worth): two servers that did not share the limit would admit about twice as much
+            assert 0.9 * TINY_TPM <= sum(used) <= allowed + 30, (used, allowed)
 
             # both servers know the key; revoke through one, the other refuses the very next request
             r = await client.delete(

@@ -1,5 +1,5 @@
 import asyncio
-import uuid
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,17 +19,6 @@ def setup_org(engine, org_id="a", **key_args) -> tuple[dict, str]:
     with engine.begin() as conn:
         create_org(conn, name=org_id, sector="education", tier="lifeline", org_id=org_id)
         return create_key(conn, SECRET, org_id, **key_args)
-
-
-@pytest.fixture
-async def redis_prefix():
-    client = create_redis("redis://127.0.0.1:6379")
-    prefix = f"aiplus-test:{uuid.uuid4().hex[:12]}:"
-    yield client, prefix
-    keys = [k async for k in client.scan_iter(match=prefix + "*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def test_principal_and_cache(db):
@@ -55,10 +44,11 @@ async def test_principal_and_cache(db):
 
 
 async def test_expired_key_is_refused(db):
-    _row, key = setup_org(db, expires_at=datetime.now(UTC) + timedelta(seconds=1))
+    expires = datetime.now(UTC) + timedelta(seconds=3)
+    _row, key = setup_org(db, expires_at=expires)
     auth = Authenticator(db, SECRET, DEFAULT_TIERS)
     assert await auth.authenticate(key) is not None
-    await asyncio.sleep(1.1)
+    await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.1)
     assert await auth.authenticate(key) is None
 
 
@@ -111,31 +101,45 @@ async def test_revocation_without_redis_arrives_by_polling(db):
     assert await server.authenticate(key) is not None
     with db.begin() as conn:  # as `aiplus keys revoke` in another process does
         revoke_key(conn, row["id"])
-    await asyncio.sleep(0.3)
-    assert await server.authenticate(key) is None
+    assert await refused_within(server, key, seconds=30)
     await server.close()
 
 
+async def refused_within(auth: Authenticator, key: str, seconds: float) -> bool:
+    """Whether ``auth`` refuses ``key`` before a deadline: a loaded machine makes the poller slower, not wrong."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await auth.authenticate(key) is None:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def test_redis_outage_falls_back_to_polling(sqlite_db):
-    _row, key = setup_org(sqlite_db)
+    """Redis is down, so another server's revocation signal is lost: this server still sees it, by polling."""
+    row, key = setup_org(sqlite_db)
     dead = create_redis("redis://127.0.0.1:1")  # nothing listens there
-    auth = Authenticator(sqlite_db, SECRET, DEFAULT_TIERS, redis=dead)
-    await auth.start()
-    assert await auth.authenticate(key) is not None
-    await auth.revoke(_row["id"])
-    assert await auth.authenticate(key) is None
-    await auth.close()
+    here = Authenticator(sqlite_db, SECRET, DEFAULT_TIERS, redis=dead, poll_interval=0.1)
+    there = Authenticator(sqlite_db, SECRET, DEFAULT_TIERS, redis=dead, poll_interval=0.1)
+    await here.start()
+    assert await here.authenticate(key) is not None
+    await there.revoke(row["id"])  # its Redis INCR and PUBLISH fail; only the database knows
+    assert await refused_within(here, key, seconds=30)
+    await here.close()
     await dead.aclose()
 
 
-async def test_pubsub_mode_revokes_within_milliseconds_without_a_per_request_round_trip(db, redis_prefix):
+async def test_pubsub_mode_revokes_without_polling_or_a_per_request_round_trip(db, redis_prefix):
     client, prefix = redis_prefix
     row, key = setup_org(db)
     kw = {"redis": client, "redis_prefix": prefix, "poll_interval": 3600, "revocation": "pubsub"}
     one, two = Authenticator(db, SECRET, DEFAULT_TIERS, **kw), Authenticator(db, SECRET, DEFAULT_TIERS, **kw)
     await one.start()
     await two.start()
-    await asyncio.sleep(0.1)  # subscribed
+    deadline = time.monotonic() + 30
+    while (await client.pubsub_numsub(f"{prefix}auth:changed"))[0][1] < 2:  # both listeners subscribed
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     assert await two.authenticate(key) is not None
     calls = []
     real_get = client.get
@@ -143,9 +147,7 @@ async def test_pubsub_mode_revokes_within_milliseconds_without_a_per_request_rou
     assert await two.authenticate(key) is not None and calls == []
     client.get = real_get
     await one.revoke(row["id"])
-    deadline = asyncio.get_running_loop().time() + 0.5
-    while await two.authenticate(key) is not None:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.001)
+    # the poller (an hour) cannot be what tells `two`; 5 s is a margin for a loaded machine, not a target
+    assert await refused_within(two, key, seconds=5)
     await one.close()
     await two.close()

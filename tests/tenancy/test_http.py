@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from aiplus.metering.ledger import UsageEvent, write_events
+from aiplus.tenancy.bootstrap import SECRETS_FILE
 
 pytestmark = pytest.mark.anyio
 
@@ -23,10 +24,15 @@ async def make_org(client, org_id: str, **extra) -> str:
     return r.json()
 
 
-async def test_first_start_prints_admin_token_and_demo_curl(stack):
+async def test_first_start_keeps_admin_token_and_demo_curl_out_of_the_log(stack):
+    """stdout is no terminal here (as under systemd or in a container): the secrets go to a 0600 file."""
     said = "\n".join(stack.said)
-    assert stack.services.admin_token in said
-    assert "curl http://127.0.0.1:8000/v1/chat/completions" in said and stack.services.demo_key in said
+    assert stack.services.admin_token not in said and stack.services.demo_key not in said
+    path = stack.services.settings.data_path / SECRETS_FILE
+    assert str(path) in said and path.stat().st_mode & 0o777 == 0o600
+    written = path.read_text()
+    assert stack.services.admin_token in written
+    assert "curl http://127.0.0.1:8000/v1/chat/completions" in written and stack.services.demo_key in written
     r = await stack.get("/v1/usage", headers=bearer(stack.services.demo_key))
     assert r.status_code == 200 and r.json()["data"] == []
 

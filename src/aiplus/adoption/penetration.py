@@ -138,6 +138,7 @@ class Series:
     months: list[date]
     groups: dict[str, list[Cell]] = field(default_factory=dict)
     total: list[Cell] = field(default_factory=list)
+    cuts: dict[str, dict[str, list[Cell]]] = field(default_factory=dict)  # every cut, ``groups`` among them
 
 
 def month_end(day: date) -> date:
@@ -294,9 +295,8 @@ def penetration_series(
     first = first or first_usage_day(conn) or last
     months = month_ends(first, last)[-MAX_MONTHS:]
     base = register_cells(conn)
-    axis = CUTS[by]
-    names = group_order(by, {key[axis] for key in base})
-    series = Series(by=by, months=months, groups={name: [] for name in names})
+    cuts = {cut: {n: [] for n in group_order(cut, {key[axis] for key in base})} for cut, axis in CUTS.items()}
+    series = Series(by=by, months=months, groups=cuts[by], cuts=cuts)
     stored = stored_cells(
         conn, definition, sorted(snapshots.stored_months(conn, definition.window_days, months))
     )
@@ -304,16 +304,18 @@ def penetration_series(
         detailed = detail == "all" or end == months[-1] or end in stored
         found = stored[end] if end in stored else window_cells(conn, definition, end, detail=detailed)
         zero = 0 if detailed else None
-        cells = {name: Cell(agent=zero, tokens=zero) for name in names}
+        cells = {cut: {n: Cell(agent=zero, tokens=zero) for n in names} for cut, names in cuts.items()}
         total = Cell(agent=zero, tokens=zero)
         for key, denominator in base.items():
             cell = Cell(orgs=denominator.orgs, employees=denominator.employees, agent=zero, tokens=zero)
             if key in found:
                 cell.add(found[key])
-            cells[key[axis]].add(cell)
+            for cut, axis in CUTS.items():
+                cells[cut][key[axis]].add(cell)
             total.add(cell)
-        for name in names:
-            series.groups[name].append(cells[name])
+        for cut, names in cuts.items():
+            for name in names:
+                names[name].append(cells[cut][name])
         series.total.append(total)
     return series
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from aiplus.adoption.penetration import CUTS
-from aiplus.adoption.report import FIT_SOURCES, build_report
+from aiplus.adoption.report import BACKTEST_ORIGINS, FIT_SOURCES, MAX_ORIGINS, build_report
 from aiplus.api.errors import APIError
 
 router = APIRouter()
@@ -31,10 +31,15 @@ async def adoption_report(
     fit_on: str = "ledger",
     series: bool = Query(True, description="include the monthly series and observations"),
     band: bool = Query(True, description="include the monthly forecast band"),
+    backtest: int = Query(
+        BACKTEST_ORIGINS, description="back-test each forecast over this many past months (0: none, faster)"
+    ),
 ):
     """Penetration per group with its definition, monthly series, forecast and status against each target."""
     _choice(by, tuple(CUTS), "by")
     _choice(fit_on, FIT_SOURCES, "fit_on")
+    if not 0 <= backtest <= MAX_ORIGINS:
+        raise APIError(400, f"backtest must be 0 to {MAX_ORIGINS}, not {backtest}", param="backtest")
     day = None
     if as_of:
         try:
@@ -46,7 +51,9 @@ async def adoption_report(
 
     def build() -> dict:
         with engine.connect() as conn:
-            report = build_report(conn, settings.adoption, by=by, as_of=day, fit_on=fit_on)
+            report = build_report(
+                conn, settings.adoption, by=by, as_of=day, fit_on=fit_on, backtest_origins=backtest
+            )
         return report.as_dict(series=series, band=band)
 
     return await run_in_threadpool(build)

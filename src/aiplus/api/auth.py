@@ -14,7 +14,7 @@ from fastapi import Depends
 from fastapi.security import HTTPBearer
 from starlette.requests import Request
 
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, unavailable
 from aiplus.tenancy.auth import Principal
 from aiplus.tenancy.errors import AuthUnavailable
 
@@ -47,7 +47,7 @@ async def authenticate(request: Request) -> Principal:
     try:
         principal = await request.app.state.services.authenticator.authenticate(token)
     except AuthUnavailable as exc:
-        raise APIError(503, f"{exc}; retry shortly.", code="service_unavailable") from None
+        raise unavailable(f"{exc}; retry shortly.") from None
     if principal is None:
         raise APIError(
             401,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import sqlalchemy as sa
 from starlette.responses import Response
 
 from aiplus.tenancy.errors import Conflict, Invalid, NotFound, TenancyError
@@ -46,6 +47,23 @@ class APIError(Exception):
         return Response(
             orjson.dumps(body), status_code=self.status, media_type="application/json", headers=self.headers
         )
+
+
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait: about the database's connect timeout and a retry
+# The database is away (unreachable, too slow, every pooled connection busy): not a bug, a moment to wait.
+DATABASE_AWAY = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+def unavailable(message: str) -> APIError:
+    """503 with ``Retry-After``: something the request needs is away for a moment."""
+    return APIError(503, message, code="service_unavailable", headers={"retry-after": str(RETRY_AFTER_S)})
+
+
+def from_storage(exc: BaseException) -> APIError | None:
+    """A 503 for a database that is away; None for any other failure."""
+    if isinstance(exc, DATABASE_AWAY):
+        return unavailable("The database is unavailable just now; retry shortly.")
+    return None
 
 
 def from_tenancy(exc: TenancyError) -> APIError:

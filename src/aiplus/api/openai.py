@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -59,11 +59,18 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         )
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(
+                    413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left mid-body: its mistake, not a server error
+        raise APIError(
+            400, "the connection closed before the whole body arrived", code="invalid_json"
+        ) from None
     body = b"".join(chunks)
     if not body:
         raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")

@@ -26,10 +26,11 @@ from starlette.types import Receive, Scope, Send
 
 from aiplus import protocol
 from aiplus.api.auth import authenticate
-from aiplus.api.errors import APIError
+from aiplus.api.errors import APIError, unavailable
 from aiplus.config import ModelConfig
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
+from aiplus.engines.reported_usage import UNKNOWN_CONTEXT, count
 from aiplus.metering.events import UsageEvent
 from aiplus.metrics import TOKENS_SERVED
 from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
@@ -245,6 +246,7 @@ class Call:
         is metered and answered."""
         try:
             await self._admission(gen, inputs)
+            self.services.ledger.open(self.request_id, self._interrupted)
         except APIError:
             self._finish("rejected")
             raise
@@ -255,10 +257,8 @@ class Call:
             self._finish("error")
             if isinstance(exc, Exception):  # e.g. the database behind the month's quota is down
                 log.exception("admission failed", exc_info=exc)
-                raise APIError(
-                    503,
-                    "The service could not admit the request just now; retry shortly.",
-                    code="service_unavailable",
+                raise unavailable(
+                    "The service could not admit the request just now; retry shortly."
                 ) from None
             raise
 
@@ -323,54 +323,57 @@ class Call:
         if self.lease is not None:
             self.lease.release()
         services = self.services
-        # billed: an answer, or the part of one the client received; not a refusal, a wait, or a failed start
-        billed = status == "ok" or self.completion_tokens > 0
-        if not billed:
-            self.prompt_tokens = self.completion_tokens = 0
-        total = self.prompt_tokens + self.completion_tokens
+        event = self._event(status)
+        total = event.prompt_tokens + event.completion_tokens
         if self.reservation is not None:
             pending = services.limiter.settle_nowait(self.reservation, total)
             if pending is not None:
                 services.background(pending)
-        model_id = self.model.config.id
-        tier = self.principal.tier
-        cost = (
-            services.tariff.cost_micros(model_id, tier, self.prompt_tokens, self.completion_tokens)
-            if total
-            else 0
-        )
-        now = time.perf_counter()
-        services.ledger.record(
-            UsageEvent(
-                request_id=self.request_id,
-                org_id=self.principal.org_id,
-                key_id=self.principal.key_id,
-                model=model_id,
-                endpoint=self.endpoint,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens,
-                status=status,
-                used_tools=self.used_tools,
-                started_at=self.started_at,
-                ttft_ms=None if self.first_token is None else int((self.first_token - self.started) * 1000),
-                duration_ms=int((now - self.started) * 1000),
-                cost_micros=cost,
-            )
-        )
-        p = self.principal
-        services.recent.add(
+        services.ledger.record(event)
+        model_id, tier = self.model.config.id, self.principal.tier
+        services.recent.add(  # the control room's live view (operational only; usage is the ledger's)
             model_id,
             tier,
-            p.org_id,
-            p.weight,
-            self.prompt_tokens,
-            self.completion_tokens,
+            event.org_id,
+            self.principal.weight,
+            event.prompt_tokens,
+            event.completion_tokens,
             status,
             None if self.lease is None else self.lease.waited_s,
         )
         if total:
-            TOKENS_SERVED.labels(model_id, tier, "prompt").inc(self.prompt_tokens)
-            TOKENS_SERVED.labels(model_id, tier, "completion").inc(self.completion_tokens)
+            TOKENS_SERVED.labels(model_id, tier, "prompt").inc(event.prompt_tokens)
+            TOKENS_SERVED.labels(model_id, tier, "completion").inc(event.completion_tokens)
+
+    def _interrupted(self) -> UsageEvent:
+        """The event to record if this process dies before the call ends (the ledger journals it as it goes)."""
+        return self._event("interrupted")
+
+    def _event(self, status: str) -> UsageEvent:
+        # billed: an answer, or the part of one the client received; not a refusal, a wait, or a failed start
+        billed = status == "ok" or self.completion_tokens > 0
+        prompt, completion = (self.prompt_tokens, self.completion_tokens) if billed else (0, 0)
+        model_id = self.model.config.id
+        cost = (
+            self.services.tariff.cost_micros(model_id, self.principal.tier, prompt, completion)
+            if prompt or completion
+            else 0
+        )
+        return UsageEvent(
+            request_id=self.request_id,
+            org_id=self.principal.org_id,
+            key_id=self.principal.key_id,
+            model=model_id,
+            endpoint=self.endpoint,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            status=status,
+            used_tools=self.used_tools,
+            started_at=self.started_at,
+            ttft_ms=None if self.first_token is None else int((self.first_token - self.started) * 1000),
+            duration_ms=int((time.perf_counter() - self.started) * 1000),
+            cost_micros=cost,
+        )
 
     def _account(self, delta: Delta) -> None:
         if delta.tokens:
@@ -378,12 +381,16 @@ class Call:
             self.lease.output(delta.tokens)
             if self.first_token is None:
                 self.first_token = time.perf_counter()
-        if delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens:
-            self.lease.adjust_prompt(delta.prompt_tokens)
-            self.prompt_tokens = delta.prompt_tokens
-        if delta.completion_tokens is not None and delta.completion_tokens != self.completion_tokens:
-            self.lease.output(delta.completion_tokens - self.completion_tokens)
-            self.completion_tokens = delta.completion_tokens
+        # engines check what their upstreams report; this keeps any count that is not one out of the ledger
+        ceiling = max(self.model.engine.context_length or 0, UNKNOWN_CONTEXT)
+        prompt = count(delta.prompt_tokens, ceiling)
+        if prompt is not None and prompt != self.prompt_tokens:
+            self.lease.adjust_prompt(prompt)
+            self.prompt_tokens = prompt
+        completion = count(delta.completion_tokens, ceiling)
+        if completion is not None and completion != self.completion_tokens:
+            self.lease.output(completion - self.completion_tokens)
+            self.completion_tokens = completion
         if delta.tool_calls:
             self.used_tools = True
 

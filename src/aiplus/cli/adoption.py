@@ -7,6 +7,7 @@ import argparse
 import sys
 from datetime import date
 
+from aiplus.adoption.report import BACKTEST_ORIGINS
 from aiplus.cli.shell import UserError, add_config_option, command, load_settings, open_database
 
 
@@ -30,16 +31,30 @@ def registry_observations(args: argparse.Namespace) -> None:
     print(f"observations: {result.rows} row(s) read, {result.inserted} added, {result.updated} replaced")
 
 
+def _as_of(args: argparse.Namespace) -> date | None:
+    try:
+        return date.fromisoformat(args.as_of) if args.as_of else None
+    except ValueError:
+        raise UserError(f"--as-of: not a date (YYYY-MM-DD): {args.as_of!r}", 2) from None
+
+
+def _origins(value: int, least: int) -> int:
+    from aiplus.adoption.report import MAX_ORIGINS
+
+    if not least <= value <= MAX_ORIGINS:
+        raise UserError(f"back-test origins must be {least} to {MAX_ORIGINS}, not {value}", 2)
+    return value
+
+
 def _report(args: argparse.Namespace):
     from aiplus.adoption.report import build_report
 
-    try:
-        as_of = date.fromisoformat(args.as_of) if args.as_of else None
-    except ValueError:
-        raise UserError(f"--as-of: not a date (YYYY-MM-DD): {args.as_of!r}", 2) from None
+    as_of, origins = _as_of(args), _origins(args.backtest, 0)
     settings, engine = load_settings(args), open_database(args)
     with engine.connect() as conn:
-        report = build_report(conn, settings.adoption, by=args.by, as_of=as_of, fit_on=args.fit_on)
+        report = build_report(
+            conn, settings.adoption, by=args.by, as_of=as_of, fit_on=args.fit_on, backtest_origins=origins
+        )
     if not report.total.latest.orgs:
         print(
             "aiplus: the register is empty, so there is no denominator: "
@@ -89,6 +104,25 @@ def adoption_refresh(args: argparse.Namespace) -> None:
     print(f"stored the window sums of {stored} settled month(s)")
 
 
+@command
+def adoption_backtest(args: argparse.Namespace) -> None:
+    import json
+
+    from rich.console import Console
+
+    from aiplus.adoption.backtest import backtest_table
+    from aiplus.adoption.report import build_backtest
+
+    as_of, origins = _as_of(args), _origins(args.origins, 1)
+    settings, engine = load_settings(args), open_database(args)
+    with engine.connect() as conn:
+        results = build_backtest(conn, settings.adoption, by=args.by, as_of=as_of, origins=origins)
+    if args.format == "json":
+        print(json.dumps({measure: r.as_dict() for measure, r in results.items()}, indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 160).print(backtest_table(results))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     registry = sub.add_parser("registry", help="the register of organizations in scope (the denominator)")
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
@@ -120,6 +154,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rebuild", action="store_true", help="sum every settled month again (after late events)")
     add_config_option(p).set_defaults(func=adoption_refresh)
+    p = adoption_sub.add_parser(
+        "backtest",
+        help="refit the forecasts as of each of the last N months and score the 6- and 12-month-ahead ones",
+    )
+    p.add_argument("--by", choices=("sector", "region", "size"), default="sector")
+    p.add_argument("--as-of", metavar="YYYY-MM-DD", help="measure up to the last complete month at this date")
+    p.add_argument("--origins", type=int, default=BACKTEST_ORIGINS, metavar="N", help="months to refit as of")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    add_config_option(p).set_defaults(func=adoption_backtest)
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
@@ -130,5 +173,12 @@ def _report_options(p: argparse.ArgumentParser) -> None:
         choices=("ledger", "observations", "both"),
         default="ledger",
         help="series the forecasts are fitted on (default: the ledger's monthly penetration)",
+    )
+    p.add_argument(
+        "--backtest",
+        type=int,
+        default=BACKTEST_ORIGINS,
+        metavar="N",
+        help=f"show each forecast's back-tested error over the last N months (default {BACKTEST_ORIGINS}; 0: none)",
     )
     add_config_option(p)

@@ -54,6 +54,14 @@ class UpstreamError(EngineError):
         self.code = code
 
 
+class UpstreamTimeout(EngineError):
+    """An upstream did not answer in time (no first token, or too long a silence): 504."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     """A validated chat or text completion request, as an engine sees it."""

@@ -11,7 +11,9 @@ connection pool), aiohttp about 75 µs — see docs/benchmarks.md, "Gateway over
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,12 +29,24 @@ from aiplus.engines.base import (
     EngineError,
     GenerationRequest,
     UpstreamError,
+    UpstreamTimeout,
     estimate_tokens,
 )
+from aiplus.engines.reported_usage import PER_MESSAGE_TOKENS as PER_INPUT_TOKENS
+from aiplus.engines.reported_usage import UsageBounds
+
+log = logging.getLogger("aiplus.upstream")
+# A replica that stalled (its HTTP server still answers health checks, its engine does not) stays down this long.
+STALL_BENCH_S = 30.0
+
+
+def _loop_time(monotonic: float) -> float:
+    """A ``time.monotonic()`` instant on the event loop's clock (for ``asyncio.timeout_at``)."""
+    return asyncio.get_running_loop().time() + (monotonic - time.monotonic())
 
 
 class Replica:
-    __slots__ = ("failures", "healthy", "index", "outstanding", "url")
+    __slots__ = ("benched_until", "failures", "healthy", "index", "outstanding", "url")
 
     def __init__(self, url: str, index: int):
         self.url = url.rstrip("/")
@@ -40,6 +54,7 @@ class Replica:
         self.outstanding = 0
         self.healthy = True
         self.failures = 0
+        self.benched_until = 0.0  # monotonic time before which health checks do not bring it back
 
 
 class _BeforeFirstByte(Exception):
@@ -131,7 +146,7 @@ class UpstreamEngine(Engine):
             async with self._session.get(
                 f"{replica.url}/models", timeout=aiohttp.ClientTimeout(total=3.0)
             ) as r:
-                replica.healthy = r.status < 500
+                replica.healthy = r.status < 500 and time.monotonic() >= replica.benched_until
         except (TimeoutError, aiohttp.ClientError):
             replica.healthy = False
         if replica.healthy:
@@ -212,21 +227,36 @@ class UpstreamEngine(Engine):
             raise _BeforeFirstByte(f"{replica.url}: status {response.status}")
         return response
 
-    async def _open(self, path: str, body: bytes) -> tuple[Replica, aiohttp.ClientResponse]:
+    async def _open(
+        self, path: str, body: bytes, window: float, stalled: set[int] | None = None
+    ) -> tuple[Replica, aiohttp.ClientResponse, float]:
+        """Send to the best replica that answers; return it, its response and when its ``window`` started.
+
+        A replica that fails before sending anything, or sends no status line within ``window`` seconds, is
+        passed over for the next (and a silent one benched); ``stalled`` replicas are not tried again.
+        """
         errors = []
         tried_again: set[int] = set()
-        order = self._order()
+        stalled = set() if stalled is None else stalled
+        order = [r for r in self._order() if r.index not in stalled]
         while order:
             replica = order.pop(0)
             replica.outstanding += 1
+            started = time.monotonic()
             try:
-                response = await self._send(replica, path, body)
+                async with asyncio.timeout(window):
+                    response = await self._send(replica, path, body)
             except _BeforeFirstByte as exc:
                 replica.outstanding -= 1
                 errors.append(str(exc))
                 if exc.stale and replica.index not in tried_again:
                     tried_again.add(replica.index)
                     order.insert(0, replica)  # once more on a fresh connection
+                continue
+            except TimeoutError:
+                replica.outstanding -= 1
+                stalled.add(replica.index)
+                self._stalled(replica, f"no answer within {window:g} s")
                 continue
             except BaseException:  # cancelled (client gone) while waiting for the upstream
                 replica.outstanding -= 1
@@ -240,30 +270,78 @@ class UpstreamEngine(Engine):
                 finally:
                     response.close()
                 raise _error_from(response.status, data)
-            return replica, response
+            return replica, response, started
+        if stalled and not errors:
+            raise self._timeout(window)
         raise EngineError(
             f"no upstream replica of {self.config.id!r} could take the request: {'; '.join(errors)}"
         )
 
+    def _stalled(self, replica: Replica, what: str) -> None:
+        """A replica that went silent is down until a health check after ``STALL_BENCH_S`` finds it well."""
+        replica.healthy = False
+        replica.failures += 1
+        replica.benched_until = time.monotonic() + STALL_BENCH_S
+        log.warning("upstream %s of model %s stalled: %s; marked down", replica.url, self.config.id, what)
+
+    def _timeout(self, seconds: float) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"The model '{self.config.id}' did not answer within {seconds:g} s; retry later."
+        )
+
     async def generate_batches(self, request: GenerationRequest) -> AsyncIterator[list[Delta]]:
+        """The answer in batches, under the model's deadlines: the first token within ``first_byte_timeout_s``
+        (else the next replica is tried, as nothing has been sent yet), then no silence longer than
+        ``idle_timeout_s``; a non-streamed answer within ``request_timeout_s`` in all."""
         path = "/chat/completions" if request.kind == "chat" else "/completions"
-        replica, response = await self._open(path, self._body(request))
-        finished = False
-        try:
-            if not request.stream:
-                yield [self._whole(request, await response.read())]
+        body = self._body(request)
+        config = self.config
+        window = config.first_byte_timeout_s if request.stream else config.request_timeout_s
+        stalled: set[int] = set()
+        while True:
+            replica, response, started = await self._open(path, body, window, stalled)
+            bounds = UsageBounds.of(request, config.context_length, replica.url)
+            if request.stream:
+                answer = self._relay(request, response, bounds)
             else:
-                async for batch in self._relay(request, response):
+                answer = self._whole_answer(request, response, bounds)
+            finished = False
+            try:
+                try:
+                    async with asyncio.timeout_at(_loop_time(started + window)):
+                        batch = await anext(answer, None)
+                except TimeoutError:
+                    stalled.add(replica.index)
+                    self._stalled(replica, f"no first token within {window:g} s")
+                    if request.stream and len(stalled) < len(self._replicas):
+                        continue  # nothing was sent to the client yet: another replica may answer
+                    raise self._timeout(window) from None
+                while batch is not None:
                     yield batch
-            finished = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise EngineError(f"upstream {replica.url} failed mid-answer: {exc.__class__.__name__}") from None
-        finally:
-            replica.outstanding -= 1
-            if finished:
-                response.release()  # the connection goes back to the pool
-            else:
-                response.close()  # abandoned mid-answer: closing the connection tells the upstream to stop
+                    try:
+                        async with asyncio.timeout(config.idle_timeout_s):
+                            batch = await anext(answer, None)
+                    except TimeoutError:
+                        self._stalled(replica, f"silent for {config.idle_timeout_s:g} s mid-answer")
+                        raise self._timeout(config.idle_timeout_s) from None
+                finished = True
+                return
+            except aiohttp.ClientError as exc:
+                raise EngineError(
+                    f"upstream {replica.url} failed mid-answer: {exc.__class__.__name__}"
+                ) from None
+            finally:
+                await answer.aclose()
+                replica.outstanding -= 1
+                if finished:
+                    response.release()  # the connection goes back to the pool
+                else:
+                    response.close()  # abandoned mid-answer: closing the connection tells the upstream to stop
+
+    async def _whole_answer(
+        self, request: GenerationRequest, response: aiohttp.ClientResponse, bounds: UsageBounds
+    ) -> AsyncIterator[list[Delta]]:
+        yield [self._whole(request, await response.read(), bounds)]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         batches = self.generate_batches(request)
@@ -274,12 +352,11 @@ class UpstreamEngine(Engine):
         finally:
             await batches.aclose()
 
-    def _whole(self, request: GenerationRequest, data: bytes) -> Delta:
+    def _whole(self, request: GenerationRequest, data: bytes, bounds: UsageBounds) -> Delta:
         try:
             body = orjson.loads(data)
             choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            if not isinstance(choice, dict) or not isinstance(usage, dict):
+            if not isinstance(choice, dict):
                 raise TypeError
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise EngineError("upstream sent an answer that is not an OpenAI completion") from None
@@ -290,19 +367,19 @@ class UpstreamEngine(Engine):
             tool_calls = message.get("tool_calls")
         else:
             text, reasoning, tool_calls = choice.get("text") or "", "", None
-        completion = usage.get("completion_tokens")
+        prompt, completion = bounds.usage(body.get("usage"))
         return Delta(
             text=text,
             reasoning=reasoning,
             tool_calls=tool_calls,
             finish_reason=choice.get("finish_reason") or "stop",
             tokens=completion if completion is not None else estimate_tokens(text + reasoning),
-            prompt_tokens=usage.get("prompt_tokens"),
+            prompt_tokens=prompt,
             completion_tokens=completion,
         )
 
     async def _relay(
-        self, request: GenerationRequest, response: aiohttp.ClientResponse
+        self, request: GenerationRequest, response: aiohttp.ClientResponse, bounds: UsageBounds
     ) -> AsyncIterator[list[Delta]]:
         """The upstream's SSE events as deltas, one list per network read: what arrived together leaves together."""
         chat = request.kind == "chat"
@@ -318,14 +395,14 @@ class UpstreamEngine(Engine):
                 if payload == b"[DONE]":
                     done = True
                     break
-                self._event(payload, chat, batch)
+                self._event(payload, chat, batch, bounds)
             if batch:
                 yield batch
             if done:
                 return
 
     @staticmethod
-    def _event(payload: bytes, chat: bool, batch: list[Delta]) -> None:
+    def _event(payload: bytes, chat: bool, batch: list[Delta], bounds: UsageBounds) -> None:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -355,15 +432,12 @@ class UpstreamEngine(Engine):
                 )
         usage = chunk.get("usage")
         if usage:
-            batch.append(
-                Delta(
-                    prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens")
-                )
-            )
+            prompt, completion = bounds.usage(usage)
+            batch.append(Delta(prompt_tokens=prompt, completion_tokens=completion))
 
     async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
         body = orjson.dumps({"model": self._model_name, "input": inputs})
-        replica, response = await self._open("/embeddings", body)
+        replica, response, _ = await self._open("/embeddings", body, self.config.request_timeout_s)
         try:
             data = orjson.loads(await response.read())
             vectors = [item["embedding"] for item in sorted(data["data"], key=lambda d: d.get("index", 0))]
@@ -374,5 +448,8 @@ class UpstreamEngine(Engine):
         finally:
             replica.outstanding -= 1
             response.release()
-        tokens = (data.get("usage") or {}).get("prompt_tokens") or sum(estimate_tokens(t) for t in inputs)
+        size = sum(len(t.encode()) + PER_INPUT_TOKENS for t in inputs)
+        bounds = UsageBounds(size, 0, replica.url)
+        reported, _ = bounds.usage(data.get("usage") if isinstance(data, dict) else None)
+        tokens = reported or sum(estimate_tokens(t) for t in inputs)
         return Embeddings(vectors=vectors, prompt_tokens=tokens)

@@ -13,7 +13,7 @@ from aiplus.storage.db import transaction
 from aiplus.storage.tables import usage_daily, usage_events
 
 ENDPOINTS = ("chat", "completion", "embedding")
-STATUSES = ("ok", "error", "cancelled", "rejected")
+STATUSES = ("ok", "error", "cancelled", "rejected", "interrupted")  # interrupted: its process died
 
 
 @dataclass(slots=True)
@@ -35,23 +35,27 @@ class UsageEvent:
     cost_micros: int
 
     def to_row(self) -> dict:
+        """The row to insert; ValueError if the event cannot be one (the ledger then keeps it aside)."""
         started = self.started_at
-        if started.tzinfo is None:
+        if not isinstance(started, datetime) or started.tzinfo is None:
             raise ValueError(f"usage event {self.request_id}: started_at must be timezone-aware")
+        for name in ("request_id", "org_id", "model", "endpoint", "status"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"usage event {self.request_id!r}: {name} must be a string")
         return {
             "request_id": self.request_id,
             "org_id": self.org_id,
-            "key_id": self.key_id,
+            "key_id": self.key_id if self.key_id is None else str(self.key_id),
             "model": self.model,
             "endpoint": self.endpoint,
-            "prompt_tokens": int(self.prompt_tokens),
-            "completion_tokens": int(self.completion_tokens),
+            "prompt_tokens": _amount(self, "prompt_tokens"),
+            "completion_tokens": _amount(self, "completion_tokens"),
             "status": self.status,
             "used_tools": bool(self.used_tools),
             "started_at": started.astimezone(UTC),
-            "ttft_ms": None if self.ttft_ms is None else int(self.ttft_ms),
-            "duration_ms": int(self.duration_ms),
-            "cost_micros": int(self.cost_micros),
+            "ttft_ms": None if self.ttft_ms is None else _amount(self, "ttft_ms"),
+            "duration_ms": _amount(self, "duration_ms"),
+            "cost_micros": _amount(self, "cost_micros"),
         }
 
     @classmethod
@@ -65,6 +69,18 @@ class UsageEvent:
 
 
 _FIELDS = tuple(UsageEvent.__slots__)
+MAX_AMOUNT = 2**63 - 1  # a BIGINT on PostgreSQL and SQLite alike
+
+
+def _amount(event: UsageEvent, name: str) -> int:
+    """A count or a cost as the ledger stores it: an integer in 0..MAX_AMOUNT. Nothing negative is recorded,
+    so no event can lower an organization's month; nothing larger than a BIGINT reaches the database."""
+    value = getattr(event, name)
+    if type(value) is not int or not 0 <= value <= MAX_AMOUNT:
+        raise ValueError(
+            f"usage event {event.request_id!r}: {name}={value!r:.60} is not an amount in 0..2**63-1"
+        )
+    return value
 
 
 def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:

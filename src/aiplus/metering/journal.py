@@ -17,6 +17,8 @@ from pathlib import Path
 
 import orjson
 
+from aiplus.storage.db import private_directory
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
@@ -31,7 +33,7 @@ class Journal:
         self._count = 0
 
     def open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         self._fd, self._path = self._new_segment()
         self._count = 0
 

@@ -31,7 +31,6 @@ RESERVATION_TTL_S = 900  # longer than any request may run; a reservation older 
 HEARTBEAT_TTL_S = 15
 HEARTBEAT_EVERY_S = 5
 MONTH_KEY_TTL_S = 40 * 86400
-SHARED_RETRY_S = 1.0  # after Redis fails, limits are enforced per process for this long before retrying it
 
 OK, CONCURRENCY, QUOTA_EXHAUSTED, RPM, TPM, TOO_LARGE, QUOTA_BUSY, NEED_SEED = 0, 1, 2, 3, 4, 5, 6, -1
 
@@ -316,6 +315,9 @@ class RedisBackend(_Backend):
         self._redis = redis
         self._prefix = f"{prefix}rl:"
         self._proc = uuid.uuid4().hex[:12]
+        from aiplus.storage.redis import breaker
+
+        self.breaker = breaker(redis)  # shared with every other user of this client
         self._reserve = redis.register_script(_RESERVE_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
         self._heartbeat: asyncio.Task | None = None
@@ -388,7 +390,6 @@ class Limiter:
         self._fallback = fallback
         self._month_usage = month_usage
         self._redis_down_logged = False
-        self._shared_down_until = 0.0
         self.owned_redis = None  # a client create_limiter opened, closed with the limiter
 
     async def start(self) -> None:
@@ -410,19 +411,21 @@ class Limiter:
         org, month, res_id = principal.org_id, _month(), os.urandom(12).hex()
         tokens = max(0, int(tokens))
         backend = self._backend
-        if self._fallback is not None and time.monotonic() < self._shared_down_until:
+        shared = getattr(backend, "breaker", None)
+        if self._fallback is not None and shared is not None and shared.open:
             backend = self._fallback  # shared state failed a moment ago: do not make every request wait on it
         try:
             outcome = await self._reserve(backend, org, tier, tokens, res_id, month)
         except Exception as exc:
             if self._fallback is None or backend is self._fallback:
                 raise
+            if shared is not None:
+                shared.failed(exc, "limits")
             if not self._redis_down_logged:
                 log.error(
                     "limits: shared state unreachable (%s); enforcing per process until it is back", exc
                 )
                 self._redis_down_logged = True
-            self._shared_down_until = time.monotonic() + SHARED_RETRY_S
             backend = self._fallback
             outcome = await self._reserve(backend, org, tier, tokens, res_id, month)
         else:
@@ -456,6 +459,9 @@ class Limiter:
         if reservation.settled:
             return
         reservation.settled = True
+        shared = getattr(reservation.backend, "breaker", None)
+        if shared is not None and shared.open:
+            return  # Redis is away: the slot expires with its TTL rather than each settle waiting on a timeout
         try:
             await reservation.backend.settle(reservation, max(0, int(actual_tokens)))
         except Exception as exc:  # the slot expires with its TTL; metering is the ledger's job

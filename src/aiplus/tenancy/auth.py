@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from aiplus.config import TierConfig
+from aiplus.storage.redis import breaker
 from aiplus.tenancy import changes
 from aiplus.tenancy.errors import AuthUnavailable
 from aiplus.tenancy.keys import KEY_PREFIX, key_digest, lookup_digest
@@ -74,6 +75,7 @@ class Authenticator:
         self._secret = secret
         self._weights = {t.name: t.weight for t in tiers}
         self._redis = redis
+        self._breaker = breaker(redis) if redis is not None else None
         self._version_key = changes.version_key(redis_prefix)
         self._ttl = ttl
         self._negative_ttl = negative_ttl
@@ -155,9 +157,12 @@ class Authenticator:
                 self._epoch += 1
 
     async def _check_redis_version(self) -> None:
+        if self._breaker.open:  # Redis failed a moment ago: no request waits on it; the DB poller carries on
+            return
         try:
             version = await self._redis.get(self._version_key)
         except Exception as exc:  # fall back to the DB poller
+            self._breaker.failed(exc, "auth")
             if self._redis_ok:
                 log.warning(
                     "auth: Redis unreachable (%s); revocations propagate by polling until it is back", exc

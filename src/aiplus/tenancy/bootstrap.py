@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,6 +12,7 @@ import orjson
 import sqlalchemy as sa
 
 from aiplus.config import Settings
+from aiplus.storage.db import private_directory
 from aiplus.storage.tables import orgs
 from aiplus.tenancy.errors import Conflict
 from aiplus.tenancy.keys import create_key
@@ -17,6 +20,7 @@ from aiplus.tenancy.orgs import create_org
 from aiplus.tenancy.secrets import AdminAuth, admin_auth, server_secret
 
 DEMO_ORG = "demo"
+SECRETS_FILE = "first-start-secrets.txt"
 
 
 @dataclass
@@ -39,8 +43,14 @@ def curl_line(settings: Settings, key: str) -> str:
     )
 
 
-def bootstrap(engine: sa.Engine, settings: Settings, say: Callable[[str], None] | None = print) -> Bootstrap:
-    """Idempotent and safe when several processes start at once against one database."""
+def bootstrap(
+    engine: sa.Engine,
+    settings: Settings,
+    say: Callable[[str], None] | None = print,
+    terminal: bool | None = None,
+) -> Bootstrap:
+    """Idempotent and safe when several processes start at once against one database. Secrets made now are
+    said in full only to a terminal (``terminal``: default, whether stdout is one); else see ``_teller``."""
     with engine.begin() as conn:
         secret = server_secret(conn, settings.secret)
     with engine.begin() as conn:
@@ -56,10 +66,33 @@ def bootstrap(engine: sa.Engine, settings: Settings, say: Callable[[str], None] 
         except (Conflict, sa.exc.IntegrityError):
             demo_key = None  # another process created it first
     if say is not None:
+        tell = _teller(settings, say, sys.stdout.isatty() if terminal is None else terminal)
         if admin_token:
-            say(f"aiplus: generated the admin token (shown once, stored hashed): {admin_token}")
+            tell("generated the admin token (shown once, stored hashed)", admin_token)
         if demo_key:
-            say(
-                f"aiplus: created org '{DEMO_ORG}' with an API key (shown once). Try it:\n  {curl_line(settings, demo_key)}"
+            tell(
+                f"created org '{DEMO_ORG}' with an API key (shown once). Try it",
+                curl_line(settings, demo_key),
             )
     return Bootstrap(secret, admin, admin_token, demo_key)
+
+
+def _teller(settings: Settings, say: Callable[[str], None], terminal: bool) -> Callable[[str, str], None]:
+    """Show a secret once: on the terminal when there is one; otherwise stdout is most likely a log (systemd, a
+    container, a redirect), so the secret goes to an owner-only file in the data directory and the log says where."""
+    if terminal:
+        return lambda what, secret: say(f"aiplus: {what}:\n  {secret}")
+    path = private_directory(settings.data_path) / SECRETS_FILE
+
+    def tell(what: str, secret: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, f"{what}:\n  {secret}\n".encode())
+        finally:
+            os.close(fd)
+        say(
+            f"aiplus: {what}: written to {path} (readable by this user only; not printed, stdout is no terminal)"
+        )
+
+    return tell

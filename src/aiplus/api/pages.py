@@ -95,3 +95,28 @@ async def in_transaction(request: Request, fn: Callable, *args: Any, **kwargs: A
 
 def error_status(exc: TenancyError) -> int:
     return 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+
+
+# the printable statement is its own document with its own stylesheet inline, and no script at all
+DOCUMENT_HEADERS = {
+    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+async def in_connection(request: Request, fn: Callable, *args: Any) -> Any:
+    """Run a read-only service function on a connection of its own, off the event loop."""
+    engine = request.app.state.services.db
+
+    def call() -> Any:
+        with engine.connect() as conn:
+            return fn(conn, *args)
+
+    return await asyncio.to_thread(call)
+
+
+def month_param(request: Request) -> str | None:
+    """The ``month`` query parameter (YYYY-MM), None when absent; the billing room checks it."""
+    return request.query_params.get("month", "").strip() or None

@@ -12,9 +12,16 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
-from aiplus.api.pages import in_transaction, read_form, redirect, render
+from aiplus.api.pages import (
+    DOCUMENT_HEADERS,
+    in_connection,
+    in_transaction,
+    month_param,
+    read_form,
+    redirect,
+    render,
+)
 from aiplus.api.sessions import Session, client_address, web_state
-from aiplus.api.web_billing import DOCUMENT_HEADERS, month_param, read
 from aiplus.billing.errors import BillingError
 from aiplus.billing.render import statement_tables, statements_html
 from aiplus.billing.statements import statements
@@ -100,7 +107,7 @@ async def _statement(request: Request, org_id: str) -> tuple[str, list, str]:
     """(month, the org's statement as tables, an error message or '') for the month asked, default the current."""
     month = month_param(request)
     try:
-        (doc,) = await read(request, statements, month, org_id)
+        (doc,) = await in_connection(request, statements, month, org_id)
     except BillingError as exc:
         return month or "", [], exc.message
     return doc["month"], statement_tables(doc), ""
@@ -121,7 +128,7 @@ async def statement_document(request: Request) -> Response:
     if (session := await _valid_session(request)) is None:
         return redirect(ROOT)
     try:
-        docs = await read(request, statements, month_param(request), session.org_id)
+        docs = await in_connection(request, statements, month_param(request), session.org_id)
     except BillingError as exc:
         return Response(exc.message, exc.status, headers=DOCUMENT_HEADERS)
     return HTMLResponse(statements_html(docs), headers=DOCUMENT_HEADERS)

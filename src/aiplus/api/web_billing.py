@@ -5,15 +5,11 @@ document) — nothing here computes money. The portal shows an organization's ow
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
-
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
 from aiplus.api import web
-from aiplus.api.pages import redirect
+from aiplus.api.pages import DOCUMENT_HEADERS, in_connection, month_param, redirect
 from aiplus.api.sessions import web_state
 from aiplus.billing.balance import balance, balance_tables
 from aiplus.billing.errors import BillingError
@@ -21,28 +17,6 @@ from aiplus.billing.render import statement_tables, statements_html, statements_
 from aiplus.billing.statements import statements
 
 router = APIRouter(include_in_schema=False)
-
-# the printable statement is its own document with its own stylesheet inline, and no script at all
-DOCUMENT_HEADERS = {
-    "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "cache-control": "no-store",
-}
-
-
-async def read(request: Request, fn: Callable, *args: Any) -> Any:
-    engine = request.app.state.services.db
-
-    def call() -> Any:
-        with engine.connect() as conn:
-            return fn(conn, *args)
-
-    return await asyncio.to_thread(call)
-
-
-def month_param(request: Request) -> str | None:
-    return request.query_params.get("month", "").strip() or None
 
 
 @router.get(f"{web.ROOT}/statements")
@@ -54,7 +28,7 @@ async def statements_page(request: Request) -> Response:
     org_id = request.query_params.get("org_id", "").strip() or None
     context = {"month": month or "", "org_id": org_id or "", "tables": [], "docs": []}
     try:
-        docs = await read(request, statements, month, org_id)
+        docs = await in_connection(request, statements, month, org_id)
     except BillingError as exc:
         return web.admin_page(
             request, session, "admin/statements.html", exc.status, error=exc.message, **context
@@ -74,7 +48,7 @@ async def statements_print(request: Request) -> Response:
         return redirect(f"{web.ROOT}/signin")
     org_id = request.query_params.get("org_id", "").strip() or None
     try:
-        docs = await read(request, statements, month_param(request), org_id)
+        docs = await in_connection(request, statements, month_param(request), org_id)
     except BillingError as exc:
         return Response(exc.message, exc.status, headers=DOCUMENT_HEADERS)
     return HTMLResponse(statements_html(docs), headers=DOCUMENT_HEADERS)
@@ -88,7 +62,7 @@ async def balance_page(request: Request) -> Response:
     month = month_param(request)
     config = request.app.state.services.settings.billing
     try:
-        report = await read(request, balance, month, config)
+        report = await in_connection(request, balance, month, config)
     except BillingError as exc:
         return web.admin_page(request, session, "admin/balance.html", exc.status, error=exc.message, month=month or "",
                          tables=[])  # fmt: skip

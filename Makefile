@@ -38,6 +38,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/fairness.py
 	$(BIN)/python bench/adoption.py
 	$(BIN)/python bench/overhead.py --rss-check
+	$(BIN)/python bench/responses.py
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench

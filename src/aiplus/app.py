@@ -21,12 +21,13 @@ from aiplus.api import adoption as adoption_api
 from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api import portal as portal_api
+from aiplus.api import responses as responses_api
 from aiplus.api import web as web_api
 from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError, from_storage
 from aiplus.api.pages import render
-from aiplus.api.serving import ClientGone
+from aiplus.api.streams import ClientGone
 from aiplus.config import Settings
 from aiplus.metrics import INFLIGHT
 from aiplus.services import start_services, stop_services
@@ -142,7 +143,8 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         version="0.1.0",
         lifespan=lifespan,
     )
-    for route in openai_api.routes:
+    routes = [*openai_api.routes, *responses_api.routes]
+    for route in routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
     app.include_router(billing_api.router)
@@ -157,4 +159,4 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
-    return Gateway(app, openai_api.routes)
+    return Gateway(app, routes)

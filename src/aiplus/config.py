@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+DEFAULT_REDIS_PREFIX = "aiplus:"
 SECTORS = (
     "agriculture",
     "manufacturing",
@@ -143,12 +144,15 @@ class Settings:
     data_dir: str = "~/.local/share/aiplus"
     database_url: str | None = None  # default: SQLite under data_dir
     redis_url: str | None = None
-    redis_prefix: str = "aiplus:"  # every Redis key starts with it: deployments sharing a Redis stay apart
+    redis_prefix: str = (
+        DEFAULT_REDIS_PREFIX  # every Redis key starts with it: deployments sharing a Redis stay apart
+    )
     revocation: str = "strict"  # how other processes hear of a revocation through Redis: see tenancy/auth.py
     admin_token: str | None = None
     secret: str | None = None  # HMAC key for API keys; generated and stored under data_dir when unset
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    responses_retention_days: int = 30  # stored Responses API responses expire after it (then purged)
     models: tuple[ModelConfig, ...] = ()
     tiers: tuple[TierConfig, ...] = DEFAULT_TIERS
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
@@ -194,6 +198,7 @@ _ENV_SCALARS = {
     "AIPLUS_SECRET": ("secret", str),
     "AIPLUS_MAX_BODY_BYTES": ("max_body_bytes", int),
     "AIPLUS_LOG_LEVEL": ("log_level", str),
+    "AIPLUS_RESPONSES_RETENTION_DAYS": ("responses_retention_days", int),
 }
 
 
@@ -327,6 +332,11 @@ def _check_server(settings: Settings) -> None:
         raise ConfigError(
             f"{where('redis_prefix')}: must be a non-empty string without spaces, such as 'aiplus:', "
             f"not {prefix!r}"
+        )
+    days = settings.responses_retention_days
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise ConfigError(
+            f"{where('responses_retention_days')}: must be a whole number of days >= 1, not {days!r}"
         )
     if settings.revocation not in REVOCATION_MODES:
         raise ConfigError(

@@ -175,6 +175,47 @@ class EmbeddingRequest(_Request):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+class ResponsesRequest(BaseModel):
+    """``POST /v1/responses``. Items, tools and the text format are checked where they are translated
+    (``responses/items.py``); fields aiplus has no use for but clients send are accepted and ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    input: str | list[Any]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    max_output_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    store: bool | None = None
+    stream: bool | None = None
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
+    reasoning: dict[str, Any] | None = None
+    service_tier: str | None = None
+    user: str | None = None
+    # accepted, without effect here
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    stream_options: dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    top_logprobs: int | None = None
+    background: Literal[False] | None = None
+    max_tool_calls: int | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value and any(len(k) > 64 for k in value):
+            raise ValueError("metadata keys are at most 64 characters")
+        return value
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,

@@ -254,27 +254,27 @@ def test_demo_total_is_the_sum_of_its_sectors_and_never_contradicts_them(demo, s
 
 
 @pytest.mark.parametrize("by", ["sector", "region"])
-def test_an_empty_register_gives_an_empty_report_not_an_error(engine, settings, by):
-    with engine.connect() as conn:
+def test_an_empty_register_gives_an_empty_report_not_an_error(sqlite_db, settings, by):
+    with sqlite_db.connect() as conn:
         report = build_report(conn, settings.adoption, by=by, as_of=TODAY)
     assert report.groups == [] and report.total.latest.orgs == 0
     assert report.total.forecast.model is None and report.total.forecast.note == "the register is empty"
     assert {t.status for t in report.total.forecast.targets} == {"insufficient data"}
 
 
-def test_usage_only_in_the_current_month_gives_a_report_without_months(engine, settings, tmp_path):
+def test_usage_only_in_the_current_month_gives_a_report_without_months(sqlite_db, settings, tmp_path):
     from datetime import UTC, datetime
 
     from aiplus.adoption.register import insert_register
     from aiplus.metering.ledger import UsageEvent, write_events
 
-    with engine.begin() as conn:
+    with sqlite_db.begin() as conn:
         insert_register(conn, [{"id": "o1", "name": "A", "sector": "ict", "region": "N", "employees": 3}])
         event = UsageEvent(
             "r1", "o1", None, "m", "chat", 1, 1, "ok", True, datetime(2026, 11, 3, tzinfo=UTC), 1, 1, 1
         )
         write_events(conn, [event])
-    with engine.connect() as conn:
+    with sqlite_db.connect() as conn:
         report = build_report(conn, settings.adoption, as_of=TODAY)  # November is not complete on the 15th
     assert report.months == [] and report.total.latest.orgs == 0
     assert report.total.forecast.band[0][0] == date(2026, 10, 31)

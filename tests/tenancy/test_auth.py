@@ -6,6 +6,7 @@ import pytest
 
 from aiplus.config import DEFAULT_TIERS
 from aiplus.storage.redis import create_redis
+from aiplus.tenancy import changes
 from aiplus.tenancy.auth import Authenticator
 from aiplus.tenancy.errors import AuthUnavailable
 from aiplus.tenancy.keys import create_key, revoke_key
@@ -87,7 +88,7 @@ async def test_revocation_reaches_another_process_at_once_through_redis(db, redi
     await one.start()
     await two.start()
     assert await one.authenticate(key) is not None and await two.authenticate(key) is not None
-    await one.revoke(_row["id"])
+    await changes.revoke_key(db, one.signal, _row["id"])
     assert await two.authenticate(key) is None  # the very next request, no waiting
     assert await one.authenticate(key) is None
     await one.close()
@@ -123,7 +124,9 @@ async def test_redis_outage_falls_back_to_polling(sqlite_db):
     there = Authenticator(sqlite_db, SECRET, DEFAULT_TIERS, redis=dead, poll_interval=0.1)
     await here.start()
     assert await here.authenticate(key) is not None
-    await there.revoke(row["id"])  # its Redis INCR and PUBLISH fail; only the database knows
+    await changes.revoke_key(
+        sqlite_db, there.signal, row["id"]
+    )  # its Redis INCR and PUBLISH fail; only the database knows
     assert await refused_within(here, key, seconds=30)
     await here.close()
     await dead.aclose()
@@ -146,7 +149,7 @@ async def test_pubsub_mode_revokes_without_polling_or_a_per_request_round_trip(d
     client.get = lambda *a: calls.append(a) or real_get(*a)
     assert await two.authenticate(key) is not None and calls == []
     client.get = real_get
-    await one.revoke(row["id"])
+    await changes.revoke_key(db, one.signal, row["id"])
     # the poller (an hour) cannot be what tells `two`; 5 s is a margin for a loaded machine, not a target
     assert await refused_within(two, key, seconds=5)
     await one.close()

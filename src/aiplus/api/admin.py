@@ -18,6 +18,7 @@ from starlette.responses import Response
 from aiplus.api.auth import require_admin_dependency, require_principal
 from aiplus.api.errors import APIError, from_tenancy
 from aiplus.metering.usage import parse_day, query_usage, totals
+from aiplus.responses.store import storage_by_org
 from aiplus.tenancy import changes
 from aiplus.tenancy.auth import Principal
 from aiplus.tenancy.errors import TenancyError
@@ -191,6 +192,18 @@ async def admin_usage(
 ) -> Response:
     params = _usage_params(start, end, group_by)
     return await _usage(request, org_id=org_id, model=model, sector=sector, tier=tier, **params)
+
+
+@admin.get("/responses/storage", summary="Stored Responses API responses per organization: count and bytes")
+async def responses_storage(request: Request, org_id: str | None = None) -> Response:
+    rows = await _db(request, storage_by_org, org_id)
+    return _json(
+        {
+            "object": "list",
+            "data": rows,
+            "retention_days": request.app.state.services.settings.responses_retention_days,
+        }
+    )
 
 
 v1 = APIRouter(tags=["usage"])

@@ -18,7 +18,8 @@ from starlette.routing import Route
 from aiplus import protocol
 from aiplus.api.auth import authenticate
 from aiplus.api.errors import APIError
-from aiplus.api.serving import Call, find_model, json_response
+from aiplus.api.serving import Call, find_model
+from aiplus.api.streams import json_response
 from aiplus.engines.base import GenerationRequest
 
 if TYPE_CHECKING:

@@ -16,17 +16,25 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from aiplus import protocol
 from aiplus.api.auth import authenticate
 from aiplus.api.errors import APIError, unavailable
+from aiplus.api.streams import (
+    DONE,
+    SSE_HEADERS,
+    ClientGone,
+    EventStream,
+    inline_until_disconnect,
+    json_response,
+    sse,
+    until_disconnect,
+)
 from aiplus.config import ModelConfig
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
@@ -41,22 +49,11 @@ if TYPE_CHECKING:  # the container is built a room above (services.py); here onl
     from aiplus.services import Services
 
 log = logging.getLogger("aiplus")
-JSON = "application/json"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-DONE = b"data: [DONE]\n\n"
 # Request ids: unique across processes and restarts (a random per-process part), without a syscall per request.
 _PROCESS_ID = os.urandom(7).hex()
 _SEQUENCE = itertools.count(1)
-_ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-"}
+_ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-", "responses": "resp_"}
 DEFAULT_RESERVED_COMPLETION = 1024  # reserved when a request names no max_tokens and the context is unknown
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
-
-
-def sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 @dataclass(slots=True)
@@ -81,63 +78,6 @@ def find_model(services: Services, model_id: str, principal: Principal | None) -
     return model
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its answer was ready."""
-
-
-async def inline_until_disconnect(awaitable: Any, receive: Receive) -> Any:
-    """Like ``until_disconnect`` but runs ``awaitable`` in the calling task, with one watcher task that cancels
-    the caller when the client goes: half the task switches, for the generation of every non-streamed answer.
-
-    Only for awaitables that clean up after themselves when cancelled (``Call._whole`` does).
-    """
-    task = asyncio.current_task()
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        await _disconnected(receive)
-        gone = True
-        task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if gone:
-            task.uncancel()
-            raise ClientGone from None
-        raise
-    finally:
-        watcher.cancel()
-
-
-async def until_disconnect(awaitable: Any, receive: Receive) -> Any:
-    """Await ``awaitable`` unless the client disconnects first; then cancel it and raise ClientGone."""
-    task = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
-    raise ClientGone
-
-
 async def _chain(first: list[Delta] | None, rest: AsyncIterator[list[Delta]]) -> AsyncIterator[list[Delta]]:
     if first is None:
         return
@@ -146,50 +86,22 @@ async def _chain(first: list[Delta] | None, rest: AsyncIterator[list[Delta]]) ->
         yield batch
 
 
-class EventStream(Response):
-    """Server-sent events that stop the generator as soon as the client disconnects.
-
-    The generator's own ``finally`` then meters what the client received and frees the engine.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str], abandon: Any):
-        self.events = events
-        self.abandon = abandon  # awaited if the events never start: frees what the call holds
-        self.status_code = 200
-        self.background = None
-        self.init_headers(headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watcher = asyncio.ensure_future(_disconnected(receive))
-        await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if not pump.done():
-            pump.cancel()
-        watcher.cancel()
-        try:
-            await pump
-        except (asyncio.CancelledError, OSError):
-            pass
-
-    async def _pump(self, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self.events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await self.events.aclose()  # runs the stream's own cleanup, if it started
-            await self.abandon  # idempotent: releases and meters a stream that never started
-
-
 def _error_body(exc: EngineError) -> dict[str, Any]:
     return {"error": {"message": str(exc), "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
 def _api_error(exc: EngineError) -> APIError:
     return APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code)
+
+
+class Renderer(Protocol):
+    """Another endpoint's answer built from the accounted deltas of a chat generation (the Responses API)."""
+
+    async def whole(self, deltas: list[Delta]) -> dict[str, Any]: ...
+
+    def events(self, batches: AsyncIterator[list[Delta]]) -> AsyncIterator[bytes]: ...
+
+    def failed(self, exc: EngineError) -> bytes: ...
 
 
 class Call:
@@ -414,6 +326,55 @@ class Call:
             return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
         body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
         return json_response(body, headers=self.headers)
+
+    async def render(self, gen: GenerationRequest, renderer: Renderer) -> Response:
+        """Like ``run``, but the answer (a JSON body, or SSE events when ``gen.stream``) is ``renderer``'s."""
+        await self._admit(gen)
+        if not gen.stream:
+            body = await self._settled(
+                inline_until_disconnect(self._rendered(gen, renderer), self.request.receive)
+            )
+            return json_response(body, headers=self.headers)
+        batches = self.model.engine.generate_batches(gen)
+        try:
+            first = await self._settled(
+                inline_until_disconnect(anext(batches, None), self.request.receive), final=False
+            )
+        except BaseException:
+            await batches.aclose()
+            raise
+        events = self._rendered_stream(batches, first, renderer)
+        return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
+
+    async def _rendered(self, gen: GenerationRequest, renderer: Renderer) -> dict[str, Any]:
+        deltas = []
+        async for delta in self.model.engine.generate(gen):
+            self._account(delta)
+            deltas.append(delta)
+        return await renderer.whole(deltas)
+
+    async def _accounted(self, batches: AsyncIterator[list[Delta]]) -> AsyncIterator[list[Delta]]:
+        async for batch in batches:
+            for delta in batch:
+                self._account(delta)
+            yield batch
+
+    async def _rendered_stream(
+        self, generator: AsyncIterator[list[Delta]], first: list[Delta] | None, renderer: Renderer
+    ) -> AsyncIterator[bytes]:
+        status = "error"
+        try:
+            async for chunk in renderer.events(self._accounted(_chain(first, generator))):
+                yield chunk
+            status = "ok"
+        except EngineError as exc:
+            yield renderer.failed(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            await generator.aclose()
+            self._finish(status)
 
     async def _abandon(self, batches: AsyncIterator[list[Delta]]) -> None:
         """For a stream that never got to run its own cleanup (the client left before the first write)."""

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
-from aiplus.config import Settings, TierConfig
+from aiplus.config import DEFAULT_REDIS_PREFIX, Settings, TierConfig
 from aiplus.storage.tables import usage_daily
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ return existed
 class RedisBackend(_Backend):
     """State in Redis, shared by every process: one atomic Lua script per reserve and per settle."""
 
-    def __init__(self, redis, prefix: str = "aiplus:"):
+    def __init__(self, redis, prefix: str = DEFAULT_REDIS_PREFIX):
         self._redis = redis
         self._prefix = f"{prefix}rl:"
         self._proc = uuid.uuid4().hex[:12]
@@ -500,7 +500,7 @@ def create_limiter(
     engine: sa.Engine | None = None,
     *,
     redis=None,
-    prefix: str = "aiplus:",
+    prefix: str = DEFAULT_REDIS_PREFIX,
 ) -> Limiter:
     """A Limiter for ``settings.tiers``: Redis-backed when a client or URL is given, else in the process."""
     month_usage = ledger_month_usage(engine) if engine is not None else _no_usage

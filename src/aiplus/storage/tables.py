@@ -177,3 +177,22 @@ billing_adjustments = sa.Table(
     sa.Column("tokens", sa.BigInteger, nullable=False),
     sa.Column("amount_micros", sa.BigInteger, nullable=False),
 )
+
+# Responses API state: one row per stored response, holding only that turn's new input items and its output, so
+# a conversation of n turns stores O(n) items; ``previous_id`` links the turns and a recursive query walks them.
+stored_responses = sa.Table(
+    "stored_responses",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # resp_...
+    sa.Column("org_id", sa.String(64), nullable=False),
+    sa.Column("previous_id", sa.String(64), nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),  # unix seconds, as the API shows it
+    sa.Column("expires_at", sa.BigInteger, nullable=False),  # unix seconds: created_at + the retention
+    sa.Column("input_items", sa.Text, nullable=False),  # JSON list: this turn's input items (ids assigned)
+    sa.Column("output", sa.Text, nullable=False),  # JSON list: the output items
+    sa.Column("body", sa.Text, nullable=False),  # JSON: the response object without its output
+    sa.Column("bytes", sa.BigInteger, nullable=False),  # size of the three JSON texts, for storage reports
+    sa.Index("ix_stored_responses_org_created", "org_id", "created_at"),
+    sa.Index("ix_stored_responses_expires", "expires_at"),
+)

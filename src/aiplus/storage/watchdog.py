@@ -63,10 +63,15 @@ class Watchdog:
 
     def _ping(self, dbapi_connection, _record, _proxy) -> None:
         self.arm(dbapi_connection, self.ping_s)
+        # in autocommit, as SQLAlchemy's own pre-ping does: the ping must not leave a transaction open, or the
+        # caller could not choose its isolation level (psycopg refuses to change it inside a transaction)
+        autocommit = dbapi_connection.autocommit
         try:
+            dbapi_connection.autocommit = True
             cursor = dbapi_connection.cursor()
             cursor.execute("SELECT 1")
             cursor.close()
+            dbapi_connection.autocommit = autocommit
         except Exception as exc:  # the pool discards it and connects afresh (bounded by connect_timeout)
             raise sa.exc.DisconnectionError(f"connection lost: {exc}") from exc
         finally:

@@ -2,7 +2,7 @@
 
 Steady state: one HMAC and one dict lookup per request, no database round trip. A revocation anywhere
 changes an auth version; every cached key is revalidated against the database on its next use:
-- in the revoking process at once (``revoke`` also drops the entry);
+- in the changing process at once (``tenancy.changes`` signals through ``signal``, which drops the entry);
 - in other processes sharing Redis at once: ``INCR`` of a version key, read with one ``GET`` per request
   (``revocation="strict"``, the default); or, with ``revocation="pubsub"``, no per-request round trip and
   a published change that reaches the other processes about a millisecond later;
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from aiplus.config import TierConfig
+from aiplus.config import DEFAULT_REDIS_PREFIX, TierConfig
 from aiplus.storage.redis import breaker
 from aiplus.tenancy import changes
 from aiplus.tenancy.errors import AuthUnavailable
@@ -65,7 +65,7 @@ class Authenticator:
         tiers: Sequence[TierConfig],
         *,
         redis=None,
-        redis_prefix: str = "aiplus:",
+        redis_prefix: str = DEFAULT_REDIS_PREFIX,
         ttl: float = 300.0,
         negative_ttl: float = 5.0,
         poll_interval: float = 1.0,
@@ -262,7 +262,3 @@ class Authenticator:
         if digest is not None:
             self._cache.pop(digest, None)
         self.invalidate()
-
-    async def revoke(self, key_id: str) -> dict:
-        """``tenancy.changes.revoke_key`` with this authenticator's signal."""
-        return await changes.revoke_key(self._engine, self.signal, key_id)

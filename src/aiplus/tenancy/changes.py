@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from aiplus.config import TierConfig
+from aiplus.config import DEFAULT_REDIS_PREFIX, TierConfig
 from aiplus.tenancy import keys, orgs
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Signal:
     def __init__(
         self,
         redis: Any = None,
-        prefix: str = "aiplus:",
+        prefix: str = DEFAULT_REDIS_PREFIX,
         *,
         forget: Callable[[str | None], None] | None = None,
     ):

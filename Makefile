@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: serve test services browser bench lint clean
+.PHONY: serve test soak services browser bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ test: $(VENV)/.dev-installed services browser
 browser:
 	@test -x /usr/bin/chromium || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$S apt-get update -qq && $$S apt-get install -y -qq chromium chromium-driver; }
+
+# The adversarial suite at length (docs/reliability.md): schemathesis with many cases per operation, and the
+# fault matrix with many requests per fault. `make test` runs the same tests, short.
+SOAK_EXAMPLES ?= 300
+SOAK_REQUESTS ?= 200
+soak: $(VENV)/.dev-installed services
+	AIPLUS_SOAK_EXAMPLES=$(SOAK_EXAMPLES) AIPLUS_SOAK_REQUESTS=$(SOAK_REQUESTS) $(BIN)/pytest tests/faults -s -p no:cacheprovider --timeout 3600
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/engine.py

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
@@ -26,7 +27,10 @@ from aiplus.api import web as web_api
 from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError, from_storage
+from aiplus.api.lockout import Lockout
+from aiplus.api.openapi import describe
 from aiplus.api.pages import render
+from aiplus.api.serving import REQUEST_ID, new_request_id
 from aiplus.api.streams import ClientGone
 from aiplus.config import Settings
 from aiplus.metrics import INFLIGHT
@@ -75,13 +79,28 @@ async def _client_gone(_: Request, __: ClientGone) -> Response:
     return Response(status_code=499)  # nobody is listening; nginx's code for "client closed request"
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
+async def _unexpected(request: Request | None, exc: Exception) -> Response:
+    rid = request.scope.get(REQUEST_ID) if request is not None else None
     away = from_storage(exc)
     if away is not None:
-        log.warning("database unavailable: %s", exc)
+        log.warning("request %s: database unavailable: %s", rid, exc)
         return away.to_response()
-    log.exception("unexpected error", exc_info=exc)
+    log.exception("request %s: unexpected error", rid, exc_info=exc)
     return _envelope(500, "The server had an error while processing your request.", "server_error")
+
+
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    """``send`` that adds the request's id to an answer that has none (an error, an admin route, the docs)."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name == b"x-request-id" for name, _ in headers):
+                headers.append((b"x-request-id", scope[REQUEST_ID].encode()))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
 
 
 async def _metrics(request: Request) -> Response:
@@ -91,18 +110,61 @@ async def _metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _bounded_body(scope: Scope, receive: Receive, limit: int, deadline_s: float) -> Receive:
+    """``receive`` for the FastAPI routes, which read a body before their checks run: at most ``limit`` bytes
+    (413), all of them within ``deadline_s`` (408); the OpenAI routes check the key first and bound their own."""
+    length = dict(scope["headers"]).get(b"content-length", b"")
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"request body is {int(length)} bytes; the limit is {limit} bytes")
+    size = 0
+    until: float | None = None
+    done = False
+
+    async def bounded() -> Message:
+        nonlocal size, until, done
+        if done:
+            return await receive()
+        loop = asyncio.get_running_loop()
+        until = until or loop.time() + deadline_s
+        try:
+            async with asyncio.timeout_at(until):
+                message = await receive()
+        except TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {deadline_s:g} s") from None
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+            done = not message.get("more_body", False)
+        return message
+
+    return bounded
+
+
 class Gateway:
     """The ASGI entry point. The OpenAI routes go straight to their handlers, skipping the middleware stack that
     FastAPI puts around every route (a fifth of the gateway's CPU per request in the overhead profile);
     everything else — admin, docs, metrics, lifespan — is the FastAPI app's."""
 
-    def __init__(self, app: FastAPI, routes: list[Route]):
+    def __init__(self, app: FastAPI, routes: list[Route], settings: Settings | None = None):
         self.app = app
         self._fast = {route.path: route for route in routes if "{" not in route.path}
+        settings = settings or Settings()
+        self._body_limits = (settings.max_body_bytes, settings.body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._fast.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self._fast.get(scope["path"])
         if route is None:
+            scope[REQUEST_ID] = new_request_id()
+            send = _with_request_id(scope, send)
+            try:
+                receive = _bounded_body(scope, receive, *self._body_limits)
+            except HTTPException as exc:
+                await (await _http_error(Request(scope), exc))(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app
@@ -120,7 +182,10 @@ class Gateway:
             except ClientGone:
                 return
             except Exception as exc:
-                response = await _unexpected(None, exc)
+                scope.setdefault(REQUEST_ID, new_request_id())
+                response = await _unexpected(Request(scope), exc)
+        if "x-request-id" not in response.headers:  # errors before a call, or outside one
+            response.headers["x-request-id"] = scope.get(REQUEST_ID) or new_request_id()
         await response(scope, receive, send)
 
 
@@ -143,12 +208,18 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.admin_lockout = Lockout()
+    app.openapi = lambda: describe(app, settings)  # type: ignore[method-assign]
     routes = [*openai_api.routes, *responses_api.routes]
     for route in routes:
         app.router.routes.append(route)
     app.include_router(admin_api.router)
     app.include_router(billing_api.router)
-    app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
+    app.include_router(
+        adoption_api.router,
+        tags=["adoption"],
+        dependencies=[require_admin_dependency, Depends(admin_api.plain_input)],
+    )
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.include_router(web_api.router)  # the front door and the control room
     app.include_router(web_billing_api.router)
@@ -159,4 +230,4 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
-    return Gateway(app, routes)
+    return Gateway(app, routes, settings)

@@ -151,6 +151,14 @@ class Settings:
     admin_token: str | None = None
     secret: str | None = None  # HMAC key for API keys; generated and stored under data_dir when unset
     max_body_bytes: int = 4 * 1024 * 1024
+    # what a connection may send before it is answered (see server.py): beyond these, 431 or 408 and a close
+    max_header_bytes: int = 32 * 1024  # request line and headers together (nginx 8-32 KB, Envoy 60 KB)
+    max_headers: int = 100
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
+    idle_connection_timeout_s: float = (
+        5.0  # a connection with no request in flight (keep-alive, or a new one)
+    )
     log_level: str = "info"
     responses_retention_days: int = 30  # stored Responses API responses expire after it (then purged)
     models: tuple[ModelConfig, ...] = ()
@@ -338,6 +346,16 @@ def _check_server(settings: Settings) -> None:
         raise ConfigError(
             f"{where('responses_retention_days')}: must be a whole number of days >= 1, not {days!r}"
         )
+    for name in (
+        "max_header_bytes",
+        "max_headers",
+        "header_timeout_s",
+        "body_timeout_s",
+        "idle_connection_timeout_s",
+    ):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"[server] {name}: must be a positive number, not {value!r}")
     if settings.revocation not in REVOCATION_MODES:
         raise ConfigError(
             f"{where('revocation')}: must be 'strict' (one Redis GET per request) or 'pubsub' (a published "

@@ -1,7 +1,9 @@
 """OpenAI wire types for requests (pydantic), and the builders of the response shapes.
 
-Requests are validated strictly enough to answer bad input with a 400 naming the parameter; unknown fields are
-kept (``extra="allow"``) so that options aiplus does not interpret still reach upstream engines.
+Requests are validated strictly enough to answer bad input with a 400 naming the parameter: types are strict
+(``seed: true`` or ``max_tokens: "5"`` is refused, not coerced), and the sizes that cost work before a model runs
+are capped. Unknown fields are kept (``extra="allow"``) so that options aiplus does not interpret still reach
+upstream engines.
 """
 
 from __future__ import annotations
@@ -11,28 +13,48 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MAX_JSON_DEPTH = 64  # arrays and objects nested in a request body (a tool's JSON Schema rarely passes 10)
+MAX_MESSAGES = 2048  # messages in one chat request
+MAX_TOOLS = 128  # as OpenAI
+
+_WIRE = ConfigDict(extra="allow", strict=True)
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="allow", strict=True, str_strip_whitespace=False)
 
 
 class ToolFunction(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _WIRE
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
 
 class Tool(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _WIRE
     type: Literal["function"] = "function"
     function: ToolFunction
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content; a text part's ``text`` must be a string (images pass on as sent)."""
+
+    model_config = _WIRE
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_present(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a content part of type text needs 'text' (a string)")
+        return self
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _WIRE
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
@@ -49,16 +71,16 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part.text or "" for part in self.content if part.type == "text")
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _WIRE
     include_usage: bool = False
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _WIRE
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
 
@@ -120,9 +142,9 @@ class _GenerationRequest(_Request):
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: MaxTokens | None = None
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
 

@@ -18,7 +18,14 @@ def app_from_env():
     from aiplus.app import create_app
 
     settings = pickle.loads(base64.b64decode(os.environ[_SETTINGS_ENV]))
+    _limit_heads(settings)
     return create_app(settings)
+
+
+def _limit_heads(settings: Settings) -> None:
+    from aiplus.connections import GuardedHttpToolsProtocol, HeadLimits
+
+    GuardedHttpToolsProtocol.limits = HeadLimits.of(settings)
 
 
 def run(settings: Settings) -> int:
@@ -26,7 +33,8 @@ def run(settings: Settings) -> int:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "aiplus.connections:GuardedHttpToolsProtocol",  # httptools with limits on request heads
+        "timeout_keep_alive": settings.idle_connection_timeout_s,
         "log_level": settings.log_level,
         "access_log": False,
         "proxy_headers": False,  # aiplus never reads the client address; skip the per-request middleware
@@ -38,5 +46,6 @@ def run(settings: Settings) -> int:
     else:
         from aiplus.app import create_app
 
+        _limit_heads(settings)
         uvicorn.run(create_app(settings), **options)
     return 0

@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.responses import Response
 
 from aiplus.api.auth import require_admin_dependency, require_principal
 from aiplus.api.errors import APIError, from_tenancy
+from aiplus.config import SECTORS
 from aiplus.metering.usage import parse_day, query_usage, totals
 from aiplus.responses.store import storage_by_org
 from aiplus.tenancy import changes
@@ -57,31 +59,58 @@ async def _db(request: Request, fn: Callable, *args, **kwargs) -> Any:
         return await asyncio.to_thread(call)
     except TenancyError as exc:
         raise from_tenancy(exc) from None
+    except sa.exc.DataError as exc:  # a value the database cannot hold, past the checks below
+        raise APIError(400, "A value in the request cannot be stored.", code="invalid_value") from exc
+
+
+def _printable(value: str) -> str:
+    """No NUL or other control character: PostgreSQL refuses NUL in text (a 500 before), and none belongs in a
+    name, an id or a filter."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+
+
+async def plain_input(request: Request) -> None:
+    """Refuse a path or query value with a control character before any route reads it (400)."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise APIError(
+                400,
+                f"Invalid value for '{name}': must not contain control characters (such as NUL)",
+                param=name,
+                code="invalid_value",
+            )
 
 
 class OrgCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    sector: str
-    tier: str = "standard"
-    region: str = Field("", max_length=100)
-    employees: int | None = Field(None, ge=0)
-    id: str | None = Field(None, description="default: a slug of the name")
+    name: Text = Field(min_length=1, max_length=200)
+    sector: Text = Field(json_schema_extra={"enum": list(SECTORS)})
+    tier: Text = Field("standard", description="one of the configured tiers")
+    region: Text = Field("", max_length=100)
+    employees: int | None = Field(None, ge=0, le=2**31 - 1)
+    id: Text | None = Field(None, max_length=200, description="default: a slug of the name")
 
 
 class OrgUpdate(BaseModel):
-    tier: str | None = None
-    name: str | None = Field(None, min_length=1, max_length=200)
-    region: str | None = Field(None, max_length=100)
-    employees: int | None = Field(None, ge=0)
+    tier: Text | None = Field(None, description="one of the configured tiers")
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    region: Text | None = Field(None, max_length=100)
+    employees: int | None = Field(None, ge=0, le=2**31 - 1)
 
 
 class KeyCreate(BaseModel):
-    name: str = Field("", max_length=200)
+    name: Text = Field("", max_length=200)
     expires_at: datetime | None = Field(None, description="ISO 8601; the key stops working then")
-    models: list[str] | None = Field(None, description="model ids this key may use; default: all")
+    models: list[Text] | None = Field(None, description="model ids this key may use; default: all")
 
 
-admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[require_admin_dependency])
+admin = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[require_admin_dependency, Depends(plain_input)]
+)
 
 
 @admin.post("/orgs", status_code=201, summary="Create an organization")
@@ -100,6 +129,15 @@ async def post_org(body: OrgCreate, request: Request) -> Response:
     return _json(org_object(org), 201)
 
 
+def _filters(request: Request, sector: str | None, tier: str | None) -> None:
+    """A filter on a sector or tier that cannot exist is a mistake worth a 400, not an empty list."""
+    if sector and sector not in SECTORS:
+        raise APIError(400, f"unknown sector {sector!r}", param="sector", code="invalid_value")
+    tiers = request.app.state.services.settings.tiers
+    if tier and tier not in {t.name for t in tiers}:
+        raise APIError(400, f"unknown tier {tier!r}", param="tier", code="invalid_value")
+
+
 @admin.get("/orgs", summary="List organizations")
 async def get_orgs(
     request: Request,
@@ -108,6 +146,7 @@ async def get_orgs(
     region: str | None = None,
     size_class: str | None = Query(None, description="micro, small, medium or large"),
 ) -> Response:
+    _filters(request, sector, tier)
     found = await _db(request, list_orgs, sector=sector, tier=tier, region=region, size_class=size_class)
     return _json({"object": "list", "data": [org_object(o) for o in found]})
 
@@ -190,6 +229,7 @@ async def admin_usage(
     end: str | None = Query(None, description="last day, inclusive (UTC)"),
     group_by: str = Query("day", description="day or month"),
 ) -> Response:
+    _filters(request, sector, tier)
     params = _usage_params(start, end, group_by)
     return await _usage(request, org_id=org_id, model=model, sector=sector, tier=tier, **params)
 
@@ -206,7 +246,7 @@ async def responses_storage(request: Request, org_id: str | None = None) -> Resp
     )
 
 
-v1 = APIRouter(tags=["usage"])
+v1 = APIRouter(tags=["usage"], dependencies=[Depends(plain_input)])
 
 
 @v1.get("/v1/usage", summary="Your organization's usage (its rows only)")

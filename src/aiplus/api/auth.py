@@ -3,11 +3,13 @@
 The OpenAI routes (plain Starlette handlers) call ``authenticate``; the admin API uses the FastAPI dependencies
 ``require_admin`` and ``require_principal``, which also declare the security schemes behind the docs' "Authorize"
 button. Every refusal is an OpenAI-style error: 401 (no or a wrong credential), 403 (a key on an admin route),
-503 (the key store is unreachable).
+429 (too many wrong admin tokens from one address: see lockout.py), 503 (the key store is unreachable).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from fastapi import Depends
@@ -17,6 +19,8 @@ from starlette.requests import Request
 from aiplus.api.errors import APIError, unavailable
 from aiplus.tenancy.auth import Principal
 from aiplus.tenancy.errors import AuthUnavailable
+
+log = logging.getLogger("aiplus")
 
 # Declared for the OpenAPI docs only (auto_error=False): the checks below make their own OpenAI-style errors.
 admin_scheme = HTTPBearer(
@@ -46,8 +50,9 @@ async def authenticate(request: Request) -> Principal:
         )
     try:
         principal = await request.app.state.services.authenticator.authenticate(token)
-    except AuthUnavailable as exc:
-        raise unavailable(f"{exc}; retry shortly.") from None
+    except AuthUnavailable as exc:  # its detail (an exception class) is for the log, not the client
+        log.warning("key check unavailable: %s", exc.__cause__ or exc)
+        raise unavailable("The key store is unavailable just now; retry shortly.") from None
     if principal is None:
         raise APIError(
             401,
@@ -74,8 +79,22 @@ async def require_admin(request: Request, _creds: Any = Depends(admin_scheme)) -
         raise APIError(
             403, "Organization API keys cannot use /admin routes; use the admin token.", code="admin_only"
         )
+    lockout = request.app.state.admin_lockout
+    address = request.client.host if request.client else "unknown"
+    wait = lockout.locked(address)
+    if wait:
+        raise APIError(
+            429,
+            "Too many wrong admin tokens from this address; try again later.",
+            code="too_many_failed_attempts",
+            headers={"retry-after": str(int(wait) + 1)},
+        )
     if not request.app.state.services.admin.check(token):
+        delay = lockout.failed(address)
+        if delay:
+            await asyncio.sleep(delay)
         raise APIError(401, "Incorrect admin token.", code="invalid_api_key")
+    lockout.succeeded(address)
 
 
 require_admin_dependency = Depends(require_admin)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from aiplus.api.admin import plain_input
 from aiplus.api.auth import require_admin_dependency, require_principal
 from aiplus.api.errors import APIError
 from aiplus.billing.balance import balance
@@ -64,7 +65,7 @@ def _statements_response(docs: list[dict], fmt: str) -> Response:
     )
 
 
-v1 = APIRouter(tags=["billing"])
+v1 = APIRouter(tags=["billing"], dependencies=[Depends(plain_input)])
 
 
 @v1.get("/v1/billing/statements", summary="Your organization's statement for a month")
@@ -81,7 +82,9 @@ async def own_statements(
     return _statements_response(docs, format)
 
 
-admin = APIRouter(prefix="/admin", tags=["billing"], dependencies=[require_admin_dependency])
+admin = APIRouter(
+    prefix="/admin", tags=["billing"], dependencies=[require_admin_dependency, Depends(plain_input)]
+)
 
 
 @admin.get("/billing/statements", summary="Statements of every organization (or one) for a month")

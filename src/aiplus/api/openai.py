@@ -6,6 +6,7 @@ Handlers are plain Starlette endpoints (no dependency-injection layer on the hot
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,13 +52,23 @@ def invalid(exc: ValidationError) -> APIError:
     )
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, or a 400/413 that says what is wrong with it."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise APIError(
-            413, f"request body is {length} bytes; the limit is {limit} bytes", code="request_too_large"
-        )
+def _too_deep(data: Any, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than ``limit``: orjson parses 1,024 levels but writes only 255,
+    and a request is re-serialized on its way to an upstream (a 500 before this check)."""
+    level: list[Any] = [data]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     chunks = []
     size = 0
     try:
@@ -72,7 +83,24 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise APIError(
             400, "the connection closed before the whole body arrived", code="invalid_json"
         ) from None
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int, deadline_s: float = 30.0) -> dict[str, Any]:
+    """The body as a JSON object, or a 400/408/413 that says what is wrong with it. A body that does not
+    arrive within ``deadline_s`` is refused (a slow sender would otherwise hold its connection for ever)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise APIError(
+            413, f"request body is {length} bytes; the limit is {limit} bytes", code="request_too_large"
+        )
+    try:
+        async with asyncio.timeout(deadline_s):
+            body = await _read_body(request, limit)
+    except TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {deadline_s:g} s", code="request_timeout"
+        ) from None
     if not body:
         raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -81,6 +109,12 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    if _too_deep(data, protocol.MAX_JSON_DEPTH):
+        raise APIError(
+            400,
+            f"request body nests arrays and objects more than {protocol.MAX_JSON_DEPTH} levels deep",
+            code="invalid_json",
+        )
     return data
 
 
@@ -128,11 +162,18 @@ _COMPLETION_FIELDS = frozenset(
 )
 
 
+async def read_body(request: Request, services: Services) -> dict[str, Any]:
+    """The request's JSON body within the server's size and time limits (read after authentication)."""
+    settings = services.settings
+    return await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
+
+
 async def chat_completions(request: Request) -> Response:
     services: Services = request.app.state.services
-    data = await read_json(request, services.settings.max_body_bytes)
+    principal = await authenticate(request)  # from the header, before a byte of the body is read
+    data = await read_body(request, services)
     body: protocol.ChatCompletionRequest = parse(protocol.ChatCompletionRequest, data)
-    call = await Call.open(services, request, body.model, "chat")
+    call = Call.open(services, request, principal, body.model, "chat")
     gen = GenerationRequest(
         request_id=call.request_id,
         model=body.model,
@@ -154,9 +195,10 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     services: Services = request.app.state.services
-    data = await read_json(request, services.settings.max_body_bytes)
+    principal = await authenticate(request)  # from the header, before a byte of the body is read
+    data = await read_body(request, services)
     body: protocol.CompletionRequest = parse(protocol.CompletionRequest, data)
-    call = await Call.open(services, request, body.model, "completion")
+    call = Call.open(services, request, principal, body.model, "completion")
     gen = GenerationRequest(
         request_id=call.request_id,
         model=body.model,
@@ -175,13 +217,14 @@ async def completions(request: Request) -> Response:
 
 async def embeddings(request: Request) -> Response:
     services: Services = request.app.state.services
-    data = await read_json(request, services.settings.max_body_bytes)
+    principal = await authenticate(request)  # from the header, before a byte of the body is read
+    data = await read_body(request, services)
     body: protocol.EmbeddingRequest = parse(protocol.EmbeddingRequest, data)
     if body.dimensions is not None:
         raise APIError(
             400, "this model does not support 'dimensions'", param="dimensions", code="unsupported_parameter"
         )
-    call = await Call.open(services, request, body.model, "embedding")
+    call = Call.open(services, request, principal, body.model, "embedding")
     return await call.embed(body.inputs, body.encoding_format)
 
 

@@ -23,8 +23,9 @@ from starlette.routing import Route
 from aiplus import protocol
 from aiplus.api.auth import authenticate
 from aiplus.api.errors import APIError
-from aiplus.api.openai import parse, read_json
-from aiplus.api.serving import Call, json_response
+from aiplus.api.openai import parse, read_body
+from aiplus.api.serving import Call
+from aiplus.api.streams import json_response
 from aiplus.engines.base import Delta, EngineError, GenerationRequest
 from aiplus.responses import items as translate
 from aiplus.responses import store
@@ -168,22 +169,23 @@ class ResponseRenderer:
         done = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
         yield _sse(w.event(done, response=body))
 
-    def failed(self, exc: EngineError) -> bytes:
+    def failed(self, error: APIError) -> bytes:
         body = self._body("failed")
         body["output"] = self.writer.items
-        body["error"] = {"code": exc.code or "server_error", "message": str(exc)}
+        body["error"] = {"code": error.code or "server_error", "message": error.message}
         return _sse(self.writer.event("response.failed", response=body))
 
 
 async def create(request: Request) -> Response:
     services: Services = request.app.state.services
-    data = await read_json(request, services.settings.max_body_bytes)
+    principal = await authenticate(request)  # from the header, before a byte of the body is read
+    data = await read_body(request, services)
     body: protocol.ResponsesRequest = parse(protocol.ResponsesRequest, data)
     try:
         tools = translate.chat_tools(body.tools)
         tool_choice = translate.chat_tool_choice(body.tool_choice, tools)
         response_format = translate.chat_format(body.text)
-        call = await Call.open(services, request, body.model, "responses")
+        call = Call.open(services, request, principal, body.model, "responses")
         ids = translate.ItemIds(call.request_id)
         new_items = translate.normalize(body.input, ids)
         earlier: list[dict[str, Any]] = []

@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aiplus import protocol
-from aiplus.api.auth import authenticate
 from aiplus.api.errors import APIError, unavailable
 from aiplus.api.streams import (
     DONE,
@@ -52,8 +51,15 @@ log = logging.getLogger("aiplus")
 # Request ids: unique across processes and restarts (a random per-process part), without a syscall per request.
 _PROCESS_ID = os.urandom(7).hex()
 _SEQUENCE = itertools.count(1)
+REQUEST_ID = "aiplus.request_id"  # the scope key of the request's id, once one is given
 _ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": "emb-", "responses": "resp_"}
 DEFAULT_RESERVED_COMPLETION = 1024  # reserved when a request names no max_tokens and the context is unknown
+
+
+def new_request_id(prefix: str = "req-") -> str:
+    """A request id unique across processes and restarts; calls use their OpenAI prefix (chatcmpl-, ...),
+    every other answer (an error, an admin route) ``req-``."""
+    return f"{prefix}{_PROCESS_ID}{next(_SEQUENCE):010x}"
 
 
 @dataclass(slots=True)
@@ -86,12 +92,30 @@ async def _chain(first: list[Delta] | None, rest: AsyncIterator[list[Delta]]) ->
         yield batch
 
 
-def _error_body(exc: EngineError) -> dict[str, Any]:
-    return {"error": {"message": str(exc), "type": exc.type, "param": exc.param, "code": exc.code}}
+_SERVER_SIDE = {
+    502: "The model '{model}' failed to answer; retry shortly.",
+    504: "The model '{model}' did not answer in time; retry shortly.",
+}
 
 
-def _api_error(exc: EngineError) -> APIError:
-    return APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code)
+def _public(exc: EngineError, model_id: str, request_id: str) -> APIError:
+    """What the client reads of an engine failure. A client error keeps the engine's words (they are about the
+    request); a failure on our side gets plain words, and its detail — internal hosts, exception classes — goes
+    to the log under the request id."""
+    headers = None
+    if exc.retry_after is not None:
+        headers = {"retry-after": str(exc.retry_after)}
+    if exc.status < 500:
+        message = str(exc)
+    else:
+        log.warning("request %s (model %s) failed: %s", request_id, model_id, exc)
+        message = _SERVER_SIDE.get(exc.status, "The model '{model}' is unavailable just now; retry shortly.")
+        message = message.format(model=model_id)
+    return APIError(exc.status, message, type=exc.type, param=exc.param, code=exc.code, headers=headers)
+
+
+def _error_body(error: APIError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
 
 
 class Renderer(Protocol):
@@ -101,7 +125,7 @@ class Renderer(Protocol):
 
     def events(self, batches: AsyncIterator[list[Delta]]) -> AsyncIterator[bytes]: ...
 
-    def failed(self, exc: EngineError) -> bytes: ...
+    def failed(self, error: APIError) -> bytes: ...
 
 
 class Call:
@@ -134,7 +158,8 @@ class Call:
         self.principal = principal
         self.model = model
         self.endpoint = endpoint
-        self.request_id = f"{_ID_PREFIXES[endpoint]}{_PROCESS_ID}{next(_SEQUENCE):010x}"
+        self.request_id = new_request_id(_ID_PREFIXES[endpoint])
+        request.scope[REQUEST_ID] = self.request_id  # the id an error answer carries too
         self.started = time.perf_counter()
         self.started_at = datetime.now(UTC)
         self.first_token: float | None = None
@@ -147,9 +172,14 @@ class Call:
         self.headers: dict[str, str] = {"x-request-id": self.request_id}
 
     @classmethod
-    async def open(cls, services: Services, request: Request, model_id: str, endpoint: str) -> Call:
-        principal = await authenticate(request)
+    def open(
+        cls, services: Services, request: Request, principal: Principal, model_id: str, endpoint: str
+    ) -> Call:
+        """A call of ``principal`` (authenticated from the header before the body was read) to a model."""
         return cls(services, request, principal, find_model(services, model_id, principal), endpoint)
+
+    def _public(self, exc: EngineError) -> APIError:
+        return _public(exc, self.model.config.id, self.request_id)
 
     # admission ---------------------------------------------------------------------------------------------
 
@@ -168,7 +198,7 @@ class Call:
         except BaseException as exc:
             self._finish("error")
             if isinstance(exc, Exception):  # e.g. the database behind the month's quota is down
-                log.exception("admission failed", exc_info=exc)
+                log.exception("request %s: admission failed", self.request_id, exc_info=exc)
                 raise unavailable(
                     "The service could not admit the request just now; retry shortly."
                 ) from None
@@ -182,7 +212,7 @@ class Call:
             else:
                 self.prompt_tokens = await engine.count_embedding_tokens(inputs)
         except EngineError as exc:
-            raise _api_error(exc) from None
+            raise self._public(exc) from None
         room = (engine.context_length or 0) - self.prompt_tokens
         if (
             gen.max_tokens is None and engine.default_max_tokens
@@ -368,7 +398,7 @@ class Call:
                 yield chunk
             status = "ok"
         except EngineError as exc:
-            yield renderer.failed(exc)
+            yield renderer.failed(self._public(exc))
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
             raise
@@ -390,7 +420,7 @@ class Call:
             raise
         except EngineError as exc:
             self._finish("error")
-            raise _api_error(exc) from None
+            raise self._public(exc) from None
         except BaseException:
             self._finish("error")
             raise
@@ -520,7 +550,7 @@ class Call:
             status = "ok"  # before the last write: a client that leaves now has had its whole answer
             yield b"".join(tail)
         except EngineError as exc:
-            yield sse(_error_body(exc))
+            yield sse(_error_body(self._public(exc)))
             yield DONE
         except (asyncio.CancelledError, GeneratorExit):
             if status != "ok":

@@ -17,6 +17,7 @@ class EngineError(Exception):
     type = "service_unavailable"
     code: str | None = "engine_unavailable"
     param: str | None = None
+    retry_after: int | None = None  # seconds, when the engine said when to come back (an upstream's 429)
 
     def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message)
@@ -47,11 +48,13 @@ class UpstreamError(EngineError):
         type: str = "upstream_error",
         code: str | None = None,
         param: str | None = None,
+        retry_after: int | None = None,
     ):
         super().__init__(message, param=param)
         self.status = status
         self.type = type
         self.code = code
+        self.retry_after = retry_after
 
 
 class UpstreamTimeout(EngineError):

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -65,7 +66,19 @@ class _BeforeFirstByte(Exception):
         self.stale = stale
 
 
-def _error_from(status: int, body: bytes) -> UpstreamError:
+def _seconds(retry_after: str | None) -> int:
+    """An upstream's Retry-After as whole seconds (a number or an HTTP date); 1 when it gave none."""
+    if retry_after:
+        if retry_after.strip().isdigit():
+            return max(1, int(retry_after))
+        try:
+            return max(1, int(parsedate_to_datetime(retry_after).timestamp() - time.time() + 0.999))
+        except (TypeError, ValueError):
+            pass
+    return 1
+
+
+def _error_from(status: int, body: bytes, retry_after: str | None = None) -> UpstreamError:
     message, type_, code, param = (
         body.decode(errors="replace")[:500] or f"upstream answered {status}",
         None,
@@ -81,6 +94,14 @@ def _error_from(status: int, body: bytes) -> UpstreamError:
             message = err
     except (orjson.JSONDecodeError, AttributeError):
         pass
+    if status == 429:  # the upstream is busy: the client may come back, when the upstream said
+        return UpstreamError(
+            "The model's upstream is at capacity; retry later.",
+            status=429,
+            type="rate_limit_error",
+            code="upstream_rate_limited",
+            retry_after=_seconds(retry_after),
+        )
     if 400 <= status < 500 and status not in (401, 403, 429):
         # the client's request was bad: say so with the upstream's words and status
         return UpstreamError(
@@ -269,7 +290,7 @@ class UpstreamEngine(Engine):
                     data = b""
                 finally:
                     response.close()
-                raise _error_from(response.status, data)
+                raise _error_from(response.status, data, response.headers.get("retry-after"))
             return replica, response, started
         if stalled and not errors:
             raise self._timeout(window)

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: serve test soak services bench lint clean
+.PHONY: serve test soak services browser bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ serve: $(VENV)/.installed
 services:
 	@bash scripts/services.sh
 
-test: $(VENV)/.dev-installed services
+test: $(VENV)/.dev-installed services browser
 	$(BIN)/pytest
+
+# The web UI's tests drive Debian's Chromium: Playwright's own browser download needs the internet.
+browser:
+	@test -x /usr/bin/chromium || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$S apt-get update -qq && $$S apt-get install -y -qq chromium chromium-driver; }
 
 # The adversarial suite at length (docs/reliability.md): schemathesis with many cases per operation, and the
 # fault matrix with many requests per fault. `make test` runs the same tests, short.

@@ -14,17 +14,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
+from aiplus.api import portal as portal_api
 from aiplus.api import responses as responses_api
+from aiplus.api import web as web_api
+from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError, from_storage
 from aiplus.api.lockout import Lockout
 from aiplus.api.openapi import describe
+from aiplus.api.pages import render
 from aiplus.api.serving import REQUEST_ID, new_request_id
 from aiplus.api.streams import ClientGone
 from aiplus.config import Settings
@@ -49,8 +54,10 @@ async def _api_error(_: Request, exc: APIError) -> Response:
     return exc.to_response()
 
 
-async def _http_error(_: Request, exc: HTTPException) -> Response:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and request.url.path.startswith(web_api.PAGE_PREFIXES):
+        return render(request, "error.html", 404, title="Not found", message="There is no such page here.")
     if exc.status_code == 404:
         message = "Not found: no such route. The OpenAI-compatible API is under /v1 (see /docs for /admin)."
     return _envelope(exc.status_code, message, headers=getattr(exc, "headers", None))
@@ -214,6 +221,10 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         dependencies=[require_admin_dependency, Depends(admin_api.plain_input)],
     )
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    app.include_router(web_api.router)  # the front door and the control room
+    app.include_router(web_billing_api.router)
+    app.include_router(portal_api.router)
+    app.mount("/static", StaticFiles(packages=[("aiplus", "web/static")]), name="static")
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from prometheus_client import Counter, Gauge, Histogram
 
 QUEUE_LENGTH = Gauge(
@@ -34,3 +37,41 @@ QUEUE_TIMEOUTS = Counter(
     "Requests answered 429 because they waited longer than the queue timeout.",
     ["model", "tier"],
 )
+
+
+class CallWindow:
+    """The last few minutes of finished calls in this process, for the control room's live view.
+
+    Operational telemetry only (rates, errors, waits, shares of service); usage and money are read from the
+    ledger's rollups. Bounded twice: by age (``horizon_s``) and by count, so a burst cannot grow it.
+    """
+
+    __slots__ = ("_calls", "horizon_s")
+
+    def __init__(self, horizon_s: float = 300.0, max_calls: int = 50_000):
+        self.horizon_s = horizon_s
+        self._calls: deque[tuple] = deque(maxlen=max_calls)
+
+    def add(
+        self,
+        model: str,
+        tier: str,
+        org_id: str,
+        weight: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: str,
+        waited_s: float | None,
+    ) -> None:
+        """Record one finished call (``time.monotonic`` stamps it)."""
+        now = time.monotonic()
+        calls = self._calls
+        calls.append((now, model, tier, org_id, weight, prompt_tokens, completion_tokens, status, waited_s))
+        while calls and calls[0][0] < now - self.horizon_s:
+            calls.popleft()
+
+    def since(self, seconds: float) -> list[tuple]:
+        """Calls that finished in the last ``seconds``: (t, model, tier, org, weight, prompt, completion,
+        status, waited_s)."""
+        cutoff = time.monotonic() - seconds
+        return [c for c in self._calls if c[0] >= cutoff]

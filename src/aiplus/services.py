@@ -21,6 +21,7 @@ from aiplus.config import Settings
 from aiplus.engines import create_engine as create_model_engine
 from aiplus.metering.ledger import Ledger
 from aiplus.metering.tariffs import Tariff
+from aiplus.metrics import CallWindow
 from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.scheduling.limits import Limiter, create_limiter
 from aiplus.storage.db import create_engine, migrate
@@ -47,6 +48,7 @@ class Services:
     admin_token: str | None = None  # generated at this start (already printed)
     demo_key: str | None = None  # created at this start (already printed)
     started: int = field(default_factory=lambda: int(time.time()))
+    recent: CallWindow = field(default_factory=CallWindow)  # the live view's last minutes of calls
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     def background(self, coro: Coroutine) -> None:

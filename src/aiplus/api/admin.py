@@ -139,9 +139,15 @@ def _filters(request: Request, sector: str | None, tier: str | None) -> None:
 
 
 @admin.get("/orgs", summary="List organizations")
-async def get_orgs(request: Request, sector: str | None = None, tier: str | None = None) -> Response:
+async def get_orgs(
+    request: Request,
+    sector: str | None = None,
+    tier: str | None = None,
+    region: str | None = None,
+    size_class: str | None = Query(None, description="micro, small, medium or large"),
+) -> Response:
     _filters(request, sector, tier)
-    found = await _db(request, list_orgs, sector=sector, tier=tier)
+    found = await _db(request, list_orgs, sector=sector, tier=tier, region=region, size_class=size_class)
     return _json({"object": "list", "data": [org_object(o) for o in found]})
 
 

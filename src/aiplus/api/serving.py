@@ -272,8 +272,18 @@ class Call:
             if pending is not None:
                 services.background(pending)
         services.ledger.record(event)
+        model_id, tier = self.model.config.id, self.principal.tier
+        services.recent.add(  # the control room's live view (operational only; usage is the ledger's)
+            model_id,
+            tier,
+            event.org_id,
+            self.principal.weight,
+            event.prompt_tokens,
+            event.completion_tokens,
+            status,
+            None if self.lease is None else self.lease.waited_s,
+        )
         if total:
-            model_id, tier = self.model.config.id, self.principal.tier
             TOKENS_SERVED.labels(model_id, tier, "prompt").inc(event.prompt_tokens)
             TOKENS_SERVED.labels(model_id, tier, "completion").inc(event.completion_tokens)
 

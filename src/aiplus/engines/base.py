@@ -146,6 +146,10 @@ class Engine(abc.ABC):
     def healthy(self) -> bool:
         return True
 
+    def replica_health(self) -> list[bool] | None:
+        """Health per replica, for engines with several; None: one replica, and ``healthy`` says it."""
+        return None
+
     def inflight(self) -> list[int] | None:
         """Requests in flight per replica, for engines that pick replicas themselves; None: the dispatcher knows."""
         return None

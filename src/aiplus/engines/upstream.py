@@ -138,6 +138,9 @@ class UpstreamEngine(Engine):
     def healthy(self) -> bool:
         return any(r.healthy for r in self._replicas)
 
+    def replica_health(self) -> list[bool]:
+        return [r.healthy for r in self._replicas]
+
     def inflight(self) -> list[int]:
         return [r.outstanding for r in self._replicas]
 

@@ -104,13 +104,34 @@ def require_org(conn: sa.Connection, org_id: str) -> dict:
     return org
 
 
-def list_orgs(conn: sa.Connection, *, sector: str | None = None, tier: str | None = None) -> list[dict]:
+def list_orgs(
+    conn: sa.Connection,
+    *,
+    sector: str | None = None,
+    tier: str | None = None,
+    region: str | None = None,
+    size_class: str | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """Organizations by id, filtered by any of sector, tier, region and size class; at most ``limit``."""
     query = sa.select(orgs).order_by(orgs.c.id)
-    if sector:
-        query = query.where(orgs.c.sector == sector)
-    if tier:
-        query = query.where(orgs.c.tier == tier)
+    for column, value in (
+        (orgs.c.sector, sector),
+        (orgs.c.tier, tier),
+        (orgs.c.region, region),
+        (orgs.c.size_class, size_class),
+    ):
+        if value:
+            query = query.where(column == value)
+    if limit is not None:
+        query = query.limit(limit)
     return [_row(r) for r in conn.execute(query)]
+
+
+def org_facets(conn: sa.Connection) -> dict[str, list[str]]:
+    """The regions in use (for filter choices), sorted."""
+    regions = conn.execute(sa.select(orgs.c.region).distinct().order_by(orgs.c.region)).scalars()
+    return {"regions": [r for r in regions if r]}
 
 
 def update_org(

@@ -51,6 +51,11 @@ class AdminAuth:
     def __init__(self, digest: str):
         self._digest = bytes.fromhex(digest)
 
+    @property
+    def fingerprint(self) -> bytes:
+        """The token's digest: what browser sessions are bound to, so a new admin token ends them all."""
+        return self._digest
+
     def check(self, token: str | None) -> bool:
         if not token or token.startswith("aip_"):  # org keys never reach admin routes
             return False

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 import orjson
 import sqlalchemy as sa
 
-from aiplus.billing.funding import Funds, Member, Payment, Piece, Voucher, allocate, split
-from aiplus.billing.months import first_day, next_month
+from aiplus.billing.funding import Funds, Member, Payment, Piece, allocate, split
+from aiplus.billing.months import first_day, next_month, prev_month
 from aiplus.billing.pricing import Cell, price_month
 from aiplus.billing.programmes import load_programmes, load_vouchers
 from aiplus.billing.tariff import Tariff
@@ -68,7 +68,7 @@ class Funder:
             elif month == first_open or month <= self._first_voucher_month():
                 self._months[month] = self._fund(month, self._written_off(), late=month == first_open)
             else:
-                _, before = self._funded(_prev(month))
+                _, before = self._funded(prev_month(month))
                 self._months[month] = self._fund(month, copy.deepcopy(before), late=False)
         return self._months[month]
 
@@ -242,11 +242,6 @@ class Funder:
                 for (p, _d, t), share in zip(rising, shares, strict=True)
             ]
         return out
-
-
-def _prev(month: str) -> str:
-    year, mon = int(month[:4]), int(month[5:])
-    return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
 
 
 def vouchers_section(funder: Funder, month: str, org_id: str) -> dict:

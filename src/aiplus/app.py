@@ -19,6 +19,7 @@ from aiplus.api import admin as admin_api
 from aiplus.api import adoption as adoption_api
 from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
+from aiplus.api import vouchers as vouchers_api
 from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
 from aiplus.api.serving import ClientGone
@@ -135,6 +136,7 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         app.router.routes.append(route)
     app.include_router(admin_api.router)
     app.include_router(billing_api.router)
+    app.include_router(vouchers_api.router)
     app.include_router(adoption_api.router, tags=["adoption"], dependencies=[require_admin_dependency])
     app.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)

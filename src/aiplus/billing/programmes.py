@@ -95,7 +95,7 @@ def validate_programme(spec: dict) -> Programme:
         raise BillingError(f"id must be lower-case letters, digits, '.', '_' or '-', not {pid!r}", "id")
     texts = {}
     for key in ("name", "funder"):
-        value = spec.get(key, pid if key == "name" else None)
+        value = spec.get(key) or (pid if key == "name" else None)
         if not isinstance(value, str) or not value.strip() or len(value) > 200:
             raise BillingError(f"{key} is required (a string of at most 200 characters)", key)
         texts[key] = value.strip()

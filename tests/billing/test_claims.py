@@ -1,6 +1,8 @@
 """Claim packs: totals recompute from the files alone, a closed month's claim is the same bytes after late usage,
 a tampered file is caught, and a payment is in exactly one claim. Plus a programme's monthly statement."""
 
+import hashlib
+
 import pytest
 
 from aiplus.billing.claims import claim_files, programme_statement, verify_claim, write_claim
@@ -29,7 +31,14 @@ def test_claim_pack_recomputes_and_a_closed_claim_never_changes(funded, tmp_path
         "share_micros": 5_600_000,
     }
     assert [d["day"] for d in manifest["daily"]] == ["2027-03-05", "2027-03-10", "2027-03-20"]
-    assert manifest["chain"] == manifest["daily"][-1]["chain"]
+    chain = hashlib.sha256(b"aiplus-claim|city|2027-03").hexdigest()  # by hand, as docs/vouchers.md says
+    for d in manifest["daily"]:
+        chain = hashlib.sha256(
+            f"{chain}|{d['day']}|{d['charge_micros']}|{d['share_micros']}".encode()
+        ).hexdigest()
+    assert manifest["chain"] == chain == manifest["daily"][-1]["chain"]
+    files = {f["name"]: f["sha256"] for f in manifest["files"]}
+    assert files["usage.csv"] == hashlib.sha256((tmp_path / "march" / "usage.csv").read_bytes()).hexdigest()
     assert sorted(first) == ["manifest.json", "statements/alpha.json", "statements/delta.json", "usage.csv"]
     assert verify_claim(tmp_path / "march")["share_micros"] == 5_600_000
     write(db, event("d-late", "delta", utc(2027, 3, 28, 9), prompt=1 * M))

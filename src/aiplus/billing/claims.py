@@ -81,7 +81,7 @@ def write_claim(conn: sa.Connection, programme_id: str, month: str, out: str | P
     files = claim_files(conn, programme_id, month)
     root = Path(out)
     for name, data in files.items():
-        path = root / name
+        path = root.joinpath(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return orjson.loads(files["manifest.json"])
@@ -91,21 +91,21 @@ def verify_claim(directory: str | Path) -> dict:
     """Recompute a claim pack from its files alone; BillingError names the first thing that does not add up."""
     root = Path(directory)
     try:
-        manifest = orjson.loads((root / "manifest.json").read_bytes())
+        manifest = orjson.loads(root.joinpath("manifest.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise BillingError(f"no readable manifest.json in {root}: {exc}", "manifest.json") from None
     for entry in manifest["files"]:
-        data = (root / entry["name"]).read_bytes() if (root / entry["name"]).is_file() else None
+        data = root.joinpath(entry["name"]).read_bytes() if root.joinpath(entry["name"]).is_file() else None
         if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise BillingError(f"{entry['name']} is missing or differs from its SHA-256", entry["name"])
-    rows = list(csv.DictReader(io.StringIO((root / "usage.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO(root.joinpath("usage.csv").read_text())))
     programme = manifest["programme"]["id"]
     recomputed = _totals(rows, programme, manifest["month"])
     for key, value in recomputed.items():
         if manifest[key] != value:
             raise BillingError(f"the manifest's {key} does not recompute from usage.csv", key)
     proof: dict[tuple, int] = defaultdict(int)
-    for path in sorted((root / "statements").glob("*.json")):
+    for path in sorted(root.joinpath("statements").glob("*.json")):
         doc = orjson.loads(path.read_bytes())
         for p in _payments(doc, programme):
             proof[(doc["org"]["id"], p["for_month"], p["day"], p["model"], str(p["voucher"]))] += p[

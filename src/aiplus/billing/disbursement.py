@@ -55,6 +55,7 @@ class Funder:
         self.conn, self.tariffs, self.last_closed = conn, tariffs, last_closed
         self.programmes = load_programmes(conn)
         self.vouchers = load_vouchers(conn) if self.programmes else []
+        self.holders = {v.org_id for v in self.vouchers}
         self._months: dict[str, tuple[Month, Funds]] = {}
 
     def month(self, month: str) -> Month:
@@ -247,7 +248,7 @@ class Funder:
 def vouchers_section(funder: Funder, month: str, org_id: str) -> dict:
     """What the organization's vouchers paid this month (and for late usage of closed months), with the pieces
     they paid on: the usage proof a claim rests on."""
-    funded = funder.month(month)
+    funded = funder.month(month) if org_id in funder.holders else Month()  # others: nothing to allocate
     names = {p.id: (p.name, p.funder) for p in funder.programmes.values()}
     payments = [
         {

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from aiplus.billing.claims import claim_files, verify_claim, write_claim
 from aiplus.billing.funding import Funds, Member, Piece, Programme, Voucher, allocate
 from aiplus.billing.programmes import add_programme, issue_voucher
-from aiplus.billing.statements import close_month, statements
+from aiplus.billing.statements import close_month, statement, statements
 from aiplus.billing.tariff import BP
 from aiplus.storage.testing import scratch_database
 
@@ -165,6 +165,8 @@ def test_statements_and_claims_add_up(first, late, expires, share):
             close_month(conn, "2027-03", now=utc(2027, 4, 2))
         with engine.connect() as conn:
             march = statements(conn, "2027-03")
+            # Pools here cover every voucher: one organization's statement is allocated alone, and must agree.
+            assert [statement(conn, "2027-03", d["org"]["id"]) for d in march] == march
             claim = write_claim(conn, "p", "2027-03", Path(tmp) / "march")
             files = claim_files(conn, "p", "2027-03")
         write(engine, *(event(f"y{i}", o, utc(2027, 3, d, 10), prompt=n) for i, (o, d, n) in enumerate(late)))

@@ -131,6 +131,7 @@ def test_hand_computed_march(funded):
         alpha, beta, gamma, delta = (
             statement(conn, "2027-03", o) for o in ("alpha", "beta", "gamma", "delta")
         )
+        assert statements(conn, "2027-03") == [alpha, beta, delta, gamma]  # one org's alone = among all
     # Mar 10, alpha 10.00: city 30% = 3.00 (cap 5.00 left); district 40% would be 4.00, but the combined share
     # is 60% = 6.00, so 3.00 (the pool keeps 0.50). Mar 20, alpha 10.00: city reaches its monthly cap at 2.00;
     # district's voucher expired on Mar 15. Alpha: 20.00 less 8.00 = 12.00 due.

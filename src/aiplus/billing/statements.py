@@ -54,7 +54,7 @@ def statements(conn: sa.Connection, month: str | None, org_id: str | None = None
     last_closed = _last_closed(conn)
     if last_closed is not None and month <= last_closed:
         return _frozen(conn, month, org_id)
-    return _compute(conn, month, org_id, last_closed, Funder(conn, load_versions(conn), last_closed))
+    return _compute(conn, month, org_id, last_closed, Funder(conn, load_versions(conn), last_closed, org_id))
 
 
 def statement(conn: sa.Connection, month: str, org_id: str) -> dict:

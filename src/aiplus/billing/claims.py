@@ -130,7 +130,8 @@ def _owed(doc: dict) -> int:
 
 
 def _payments(doc: dict, programme_id: str) -> list[dict]:
-    return [p for p in doc["vouchers"]["payments"] if p["programme"] == programme_id]
+    """The programme's payments on a statement (none on one frozen before vouchers existed)."""
+    return [p for p in doc.get("vouchers", {}).get("payments", ()) if p["programme"] == programme_id]
 
 
 def _usage_csv(docs: list[dict], programme_id: str) -> bytes:

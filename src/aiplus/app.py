@@ -23,6 +23,7 @@ from aiplus.api import billing as billing_api
 from aiplus.api import openai as openai_api
 from aiplus.api import portal as portal_api
 from aiplus.api import responses as responses_api
+from aiplus.api import vouchers as vouchers_api
 from aiplus.api import web as web_api
 from aiplus.api import web_billing as web_billing_api
 from aiplus.api.auth import require_admin_dependency
@@ -215,6 +216,7 @@ def create_app(settings: Settings, *, say: Callable[[str], None] | None = print)
         app.router.routes.append(route)
     app.include_router(admin_api.router)
     app.include_router(billing_api.router)
+    app.include_router(vouchers_api.router)
     app.include_router(
         adoption_api.router,
         tags=["adoption"],

@@ -40,6 +40,7 @@ def test_balance_adds_up(region):
         "revenue_micros": 21_250_000,
         "subsidy_micros": 2_250_000,
         "adjustments_micros": 0,
+        "vouchers_micros": 0,
         "billed_micros": 19_000_000,
         "lifeline_value_micros": 1_000_000,
         "given_micros": 3_250_000,

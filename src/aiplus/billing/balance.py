@@ -26,7 +26,7 @@ def balance_of(docs: list[dict], month: str, config: BillingConfig, tariff: Tari
     by_block: dict[tuple[str, str], list[int]] = {}
     lifeline: dict[str, list[int]] = {}
     subsidies: dict[str, list[int]] = {}
-    adjustments = 0
+    adjustments = vouchers = 0
     for doc in docs:
         tier, sector = doc["org"]["tier"], doc["org"]["sector"]
         for line in doc["lines"]:
@@ -42,6 +42,7 @@ def balance_of(docs: list[dict], month: str, config: BillingConfig, tariff: Tari
         sub[1] += doc["charge_micros"]
         sub[2] += doc["subsidy"]["amount_micros"]
         adjustments += sum(a["amount_micros"] for a in doc["adjustments"])
+        vouchers += doc.get("vouchers", {}).get("amount_micros", 0)  # a simulated proposal has none
     revenue = sum(v[1] for v in by_block.values())
     lifeline_value = sum(v[2] for v in lifeline.values())
     subsidy = sum(v[2] for v in subsidies.values())
@@ -68,7 +69,11 @@ def balance_of(docs: list[dict], month: str, config: BillingConfig, tariff: Tari
             "revenue_micros": revenue,  # usage charges, before subsidies
             "subsidy_micros": subsidy,
             "adjustments_micros": adjustments,
-            "billed_micros": revenue - subsidy + adjustments,  # what organizations owe for the month
+            "vouchers_micros": vouchers,  # what funders' programmes pay (their claims)
+            "billed_micros": revenue
+            - subsidy
+            + adjustments
+            - vouchers,  # what organizations owe for the month
             "lifeline_value_micros": lifeline_value,
             "given_micros": lifeline_value + subsidy,  # the cross-subsidy: what the tariff gives away
         },

@@ -86,6 +86,8 @@ def statements_csv(docs: list[dict]) -> str:
             writer.writerow(
                 [org, month, "adjustment", "", "", "", "", adj["for_month"], "", "", adj["amount_micros"]]
             )
+        for paid in doc.get("vouchers", {}).get("by_programme", ()):
+            writer.writerow([org, month, f"voucher:{paid['programme']}", *blank, -paid["amount_micros"]])
         writer.writerow([org, month, "amount_due", *blank, doc["amount_due_micros"]])
         writer.writerow([org, month, "closing_balance", *blank, doc["closing_balance_micros"]])
     return out.getvalue()
@@ -119,6 +121,10 @@ def statement_tables(doc: dict) -> list[tuple[str, list[str], list[list]]]:
     )
     for adj in doc["adjustments"]:
         summary.append([f"adjustment: {adj['note']} ({adj['tokens']:,} tokens)", money(adj["amount_micros"])])
+    for paid in doc.get("vouchers", {}).get("by_programme", ()):
+        summary.append(
+            [f"paid by {paid['funder']} ({paid['programme']} vouchers)", money(-paid["amount_micros"])]
+        )
     summary.append(["amount due", money(doc["amount_due_micros"])])
     summary.append(["closing balance", money(doc["closing_balance_micros"])])
     columns = ["version", "model", "block", "band", "prompt", "completion", "multiplier", "amount"]
@@ -137,6 +143,7 @@ def statements_overview(docs: list[dict]) -> tuple[str, list[str], list[list]]:
             money(d["charge_micros"]),
             money(-d["subsidy"]["amount_micros"]),
             money(sum(a["amount_micros"] for a in d["adjustments"])),
+            money(-d.get("vouchers", {}).get("amount_micros", 0)),
             money(d["amount_due_micros"]),
             money(d["closing_balance_micros"]),
         ]
@@ -152,6 +159,7 @@ def statements_overview(docs: list[dict]) -> tuple[str, list[str], list[list]]:
         "charge",
         "subsidy",
         "adjustments",
+        "vouchers",
         "due",
         "closing",
     ]

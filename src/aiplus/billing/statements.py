@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import sqlalchemy as sa
 
+from aiplus.billing.disbursement import Funder, vouchers_section, write_off
 from aiplus.billing.errors import BillingError, Conflict, NotFound
 from aiplus.billing.locks import serialize
 from aiplus.billing.months import month_end, next_month, parse_month, prev_month
@@ -53,7 +54,7 @@ def statements(conn: sa.Connection, month: str | None, org_id: str | None = None
     last_closed = _last_closed(conn)
     if last_closed is not None and month <= last_closed:
         return _frozen(conn, month, org_id)
-    return _compute(conn, month, org_id, last_closed)
+    return _compute(conn, month, org_id, last_closed, Funder(conn, load_versions(conn), last_closed, org_id))
 
 
 def statement(conn: sa.Connection, month: str, org_id: str) -> dict:
@@ -99,7 +100,8 @@ def close_month(conn: sa.Connection, month: str, *, now: datetime | None = None)
             raise BillingError(f"{month} is not over yet: it ends at {ends.isoformat()}", "month")
         closed_at = now.astimezone(UTC).isoformat()
         conn.execute(sa.insert(billing_months), {"month": month, "closed_at": now})
-        docs = _compute(conn, month, None, last_closed)
+        docs = _compute(conn, month, None, last_closed, Funder(conn, load_versions(conn), last_closed))
+        written_off = write_off(conn, month, docs)
         rows, adjustments = [], []
         for doc in docs:
             doc["status"] = "closed"
@@ -133,6 +135,7 @@ def close_month(conn: sa.Connection, month: str, *, now: datetime | None = None)
         "closed_at": closed_at,
         "statements": len(docs),
         "adjustments": len(adjustments),
+        "voucher_writeoffs": written_off,
         "amount_due_micros": sum(d["amount_due_micros"] for d in docs),
     }
 
@@ -201,28 +204,31 @@ def _frozen(conn: sa.Connection, month: str, org_id: str | None) -> list[dict]:
     return docs
 
 
-def _compute(conn: sa.Connection, month: str, org_id: str | None, last_closed: str | None) -> list[dict]:
-    tariffs = load_versions(conn)
+def _compute(
+    conn: sa.Connection, month: str, org_id: str | None, last_closed: str | None, funder: Funder
+) -> list[dict]:
+    tariffs = funder.tariffs
     in_force = tariff_for_month(conn, month)  # currency and time zone of a statement without usage
     members = _orgs(conn, org_id)
     cells = _cells(conn, month, org_id)
     known = {o.id for o in members}
     members += [OrgInfo(oid, "", "", "", "") for oid in sorted(set(cells) - known)]  # usage of a vanished org
-    opening = _opening(conn, month, org_id, last_closed)
+    opening = _opening(conn, month, org_id, last_closed, funder)
     first_open = last_closed is not None and month == next_month(last_closed)
     adjustments = _pending_adjustments(conn, month, org_id, last_closed, tariffs) if first_open else {}
     docs = []
     for org in sorted(members, key=lambda o: o.id):
         priced = price_month(cells.get(org.id, []), tariffs, org.tier, org.sector)
-        docs.append(
-            _document(
-                org, month, priced, tariffs, opening.get(org.id, 0), adjustments.get(org.id, []), in_force
-            )
+        doc = _document(
+            org, month, priced, tariffs, opening.get(org.id, 0), adjustments.get(org.id, []), in_force
         )
+        docs.append(_funded(doc, vouchers_section(funder, month, org.id)))
     return docs
 
 
-def _opening(conn: sa.Connection, month: str, org_id: str | None, last_closed: str | None) -> dict[str, int]:
+def _opening(
+    conn: sa.Connection, month: str, org_id: str | None, last_closed: str | None, funder: Funder
+) -> dict[str, int]:
     """Each organization's opening balance: the closing balance of the month before (computed if still open)."""
     previous = prev_month(month)
     s = billing_statements.c
@@ -235,7 +241,8 @@ def _opening(conn: sa.Connection, month: str, org_id: str | None, last_closed: s
     if earliest is None or previous < earliest:
         return {}
     return {
-        d["org"]["id"]: d["closing_balance_micros"] for d in _compute(conn, previous, org_id, last_closed)
+        d["org"]["id"]: d["closing_balance_micros"]
+        for d in _compute(conn, previous, org_id, last_closed, funder)
     }
 
 
@@ -325,3 +332,12 @@ def _document(
         "amount_due_micros": due,
         "closing_balance_micros": opening + due,
     }
+
+
+def _funded(doc: dict, vouchers: dict) -> dict:
+    """The statement with what vouchers paid: a voucher section before the amount due, which it lowers."""
+    due, closing = doc.pop("amount_due_micros"), doc.pop("closing_balance_micros")
+    doc["vouchers"] = vouchers
+    doc["amount_due_micros"] = due - vouchers["amount_micros"]
+    doc["closing_balance_micros"] = closing - vouchers["amount_micros"]
+    return doc

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aiplus.cli import adoption, billing, demo, responses, serve, tenancy, usage
+from aiplus.cli import adoption, billing, demo, responses, serve, tenancy, usage, vouchers
 from aiplus.cli.shell import command
 
-GROUPS = (serve, tenancy, usage, billing, responses, adoption, demo)
+GROUPS = (serve, tenancy, usage, billing, vouchers, responses, adoption, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from aiplus.cli.shell import UserError, add_config_option, command, load_settings, open_database, print_table
+from aiplus.cli.vouchers import register_claims
 
 STATEMENT_FORMATS = ("table", "csv", "json", "html")
 REPORT_FORMATS = ("table", "csv", "json")
@@ -179,3 +180,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=REPORT_FORMATS, default="table")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=bill_balance)
+    register_claims(bsub)

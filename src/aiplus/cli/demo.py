@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import date
 
 from aiplus.cli.shell import UserError, add_config_option, command, load_settings, open_database
 
@@ -31,7 +32,27 @@ def demo_seed(args: argparse.Namespace) -> None:
         print(
             f"tariff: the example tariff (version {tariff['id']}) in force from {first_day}; try: aiplus bill"
         )
+    vouchers = _seed_vouchers(engine, demo_month_ends(args.months))
+    if vouchers is not None:
+        print(
+            f"vouchers: programmes {' and '.join(vouchers['programmes'])}, {vouchers['vouchers']} vouchers for "
+            f"{vouchers['firms']} small firms; try: aiplus vouchers programme show demo-city --month "
+            f"{vouchers['month']}   and   aiplus bill claims --programme demo-city --month {vouchers['month']} "
+            "--out claim"
+        )
     print("next: aiplus adoption report   and   aiplus adoption chart adoption.png")
+
+
+def _seed_vouchers(engine, month_ends) -> dict | None:
+    """Voucher programmes over the demo's last twelve months and a year beyond, and vouchers for small firms."""
+    from aiplus.billing.demo import seed_demo_vouchers
+
+    start = month_ends[max(0, len(month_ends) - 12)].replace(day=1)
+    last = month_ends[-1]
+    until = date(last.year + 1, 12, 31)
+    with engine.begin() as conn:
+        done = seed_demo_vouchers(conn, start, until)
+    return None if done is None else {**done, "month": last.strftime("%Y-%m")}
 
 
 def _adopt_example_tariff(engine, settings, first_day) -> dict | None:

@@ -196,3 +196,53 @@ stored_responses = sa.Table(
     sa.Index("ix_stored_responses_org_created", "org_id", "created_at"),
     sa.Index("ix_stored_responses_expires", "expires_at"),
 )
+
+# Vouchers (src/aiplus/billing/programmes.py, funding.py): funders' programmes, the vouchers they issue to
+# organizations, and the write-offs closing a month books (what each voucher paid, per day and model).
+voucher_programmes = sa.Table(
+    "voucher_programmes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("funder", sa.String(200), nullable=False),
+    sa.Column("pool_micros", sa.BigInteger, nullable=False),
+    sa.Column(
+        "share_bp", sa.Integer, nullable=False
+    ),  # the co-pay: the share of each eligible charge it pays
+    sa.Column("cap_month_micros", sa.BigInteger, nullable=True),  # per organization; NULL: no cap
+    sa.Column("cap_year_micros", sa.BigInteger, nullable=True),
+    sa.Column("valid_from", sa.Date, nullable=False),  # local days of the tariff's time zone, inclusive
+    sa.Column("valid_until", sa.Date, nullable=False),
+    sa.Column("eligibility", sa.Text, nullable=False),  # JSON: sectors, sizes, regions, models (empty: any)
+    sa.Column("stacks", sa.Boolean, nullable=False),
+    sa.Column("max_combined_bp", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+vouchers = sa.Table(
+    "vouchers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("programme_id", sa.String(64), sa.ForeignKey("voucher_programmes.id"), nullable=False),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("amount_micros", sa.BigInteger, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),  # lower pays first; then the earlier expiry
+    sa.Column("valid_from", sa.Date, nullable=False),
+    sa.Column("expires_on", sa.Date, nullable=False),  # the last local day it pays for
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_on", sa.Date, nullable=True),  # pays nothing for charges on or after this day
+    sa.Column("note", sa.String(200), nullable=False, server_default=""),
+)
+
+voucher_writeoffs = sa.Table(
+    "voucher_writeoffs",
+    metadata,
+    sa.Column("month", sa.String(7), primary_key=True),  # the closed month whose statements booked it
+    sa.Column("voucher_id", sa.Integer, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),  # the local day of the charge it paid for
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("programme_id", sa.String(64), nullable=False, index=True),
+    sa.Column("org_id", sa.String(64), nullable=False),
+    sa.Column("charge_micros", sa.BigInteger, nullable=False),
+    sa.Column("amount_micros", sa.BigInteger, nullable=False),
+)

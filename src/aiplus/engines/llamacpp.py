@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -147,8 +148,9 @@ class LlamaCppEngine(Engine):
     async def close(self) -> None:
         import llama_cpp as lib
 
+        if self._embedder is not None:
+            await asyncio.get_running_loop().run_in_executor(self._embed_executor, self._free_embedder)
         self._embed_executor.shutdown(wait=True, cancel_futures=True)
-        self._embedder = None
         if self._decoder is not None:
             await asyncio.to_thread(self._decoder.close)
             self._decoder = None
@@ -303,20 +305,52 @@ class LlamaCppEngine(Engine):
     # embeddings --------------------------------------------------------------------------------------------
 
     def _load_embedder(self) -> None:
-        import llama_cpp
+        """A second context on the loaded model, made for mean-pooled embeddings (the weights are shared)."""
+        import llama_cpp as lib
 
-        self._embedder = llama_cpp.Llama(
-            model_path=str(self.path),
-            embedding=True,
-            n_ctx=self._embed_limit,
-            n_threads=self._threads,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-            verbose=False,
-        )
+        params = lib.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = (
+            self._embed_limit
+        )  # a pooled input fits one micro-batch
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = self._threads
+        params.embeddings = True
+        params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise EngineError(f"llama.cpp could not create an embeddings context for {self.config.id!r}")
+        self._embedder = (ctx, lib.llama_batch_init(self._embed_limit, 0, 1))
 
     def _embed_each(self, inputs: list[str]) -> list[list[float]]:
-        # one sequence per decode: llama.cpp refuses batches of several sequences for causal models
-        return [self._embedder.embed(text, normalize=True) for text in inputs]
+        """One input per decode: llama.cpp refuses batches of several sequences for causal models."""
+        import llama_cpp as lib
+
+        ctx, batch = self._embedder
+        n_embd = lib.llama_model_n_embd(self._model)
+        vectors = []
+        for text in inputs:
+            tokens = self._tokenize(text, add_special=True, parse_special=False) or [self._bos]
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            batch.n_tokens = len(tokens)
+            lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+            if lib.llama_decode(ctx, batch) != 0:
+                raise EngineError("llama.cpp could not embed the input")
+            vector = lib.llama_get_embeddings_seq(ctx, 0)[:n_embd]
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            vectors.append([x / norm for x in vector])
+        return vectors
+
+    def _free_embedder(self) -> None:
+        import llama_cpp as lib
+
+        if self._embedder is not None:
+            ctx, batch = self._embedder
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+            self._embedder = None
 
     @property
     def _embed_limit(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -67,3 +68,9 @@ def test_prompt_is_rendered_once_per_request(engine, content):
     assert renders == ["r1"]
     assert deltas[-1].prompt_tokens == counted > 10
     assert 0 < deltas[-1].completion_tokens <= 4
+
+
+def test_sequences_default_to_the_machine_and_follow_the_setting():
+    cores = os.cpu_count() or 1
+    assert LlamaCppEngine(ModelConfig(id="m")).capacity == min(max(8, 4 * cores), 32)
+    assert LlamaCppEngine(ModelConfig(id="m", max_concurrency=3)).capacity == 3

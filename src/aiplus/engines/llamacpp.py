@@ -8,7 +8,6 @@ so the server stays responsive while the CPU works. Closing a stream cancels its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import json
 import math
@@ -276,16 +275,13 @@ class LlamaCppEngine(Engine):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
-        def deliver(event: Event) -> None:  # on the decoder's thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): nobody is listening
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
         sequence = Sequence(
             tokens or [self._bos],
             request.max_tokens or (self._n_ctx - len(tokens)),
             [*template_stops, *request.stop],
             sampler,
-            deliver,
+            loop,
+            events.put_nowait,
         )
         self._decoder.submit(sequence)
         try:

@@ -14,7 +14,9 @@ change a seeded sample. So the same seed gives the same text alone or batched.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 import ctypes
 import os
 import threading
@@ -57,7 +59,7 @@ class Event:
 
 
 class Sequence:
-    """One request in the decoder. ``deliver`` receives its events on the decoder thread (and must be quick)."""
+    """One request in the decoder. ``put`` receives its events, called on ``loop`` (the consumer's event loop)."""
 
     def __init__(
         self,
@@ -65,13 +67,15 @@ class Sequence:
         max_tokens: int,
         stops: list[str],
         sampler: Any,
-        deliver: Callable[[Event], None],
+        loop: asyncio.AbstractEventLoop,
+        put: Callable[[Event], None],
     ):
         self.prompt = prompt
         self.max_tokens = max_tokens
         self.stops = [s for s in stops if s]
         self.sampler = sampler
-        self.deliver = deliver
+        self.loop = loop
+        self.put = put
         self.slot = -1
         self.fed = 0  # prompt tokens already decoded
         self.next_token: int | None = None  # sampled, not yet decoded
@@ -156,6 +160,7 @@ class Decoder:
         self._running: list[Sequence] = []
         self._wake = threading.Condition()
         self._closing = False
+        self._outbox: list[tuple[Sequence, Event]] = []
         self._thread = threading.Thread(target=self._run, name=f"decoder-{name}", daemon=True)
         self._thread.start()
 
@@ -179,6 +184,7 @@ class Decoder:
         self._thread.join()
         for sequence in [*self._running, *self._waiting]:
             self._release(sequence, Event(error="the engine stopped"))
+        self._flush()
         lib.llama_batch_free(self.batch)
         lib.llama_free(self.ctx)
 
@@ -199,6 +205,7 @@ class Decoder:
                 self._release(sequence, None)
             if self._running:
                 self._step()
+            self._flush()
 
     def _step(self) -> None:
         """One token for every generating sequence, in one decode; then prompt chunks, one prompt per decode.
@@ -253,7 +260,7 @@ class Decoder:
         if sequence.done:
             self._release(sequence, event)
         elif event is not None:
-            sequence.deliver(event)
+            self._outbox.append((sequence, event))
 
     def _release(self, sequence: Sequence, event: Event | None) -> None:
         if sequence in self._running:
@@ -265,7 +272,23 @@ class Decoder:
             sequence.sampler = None
         sequence.done = True
         if event is not None:
-            sequence.deliver(event)
+            self._outbox.append((sequence, event))
+
+    def _flush(self) -> None:
+        """Hand the step's events to their event loops, one wake-up per loop and step: a wake-up per token
+        would pull a core from llama.cpp's threads in the middle of each decode."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Event], None], Event]]] = {}
+        for sequence, event in self._outbox:
+            by_loop.setdefault(sequence.loop, []).append((sequence.put, event))
+        self._outbox.clear()
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+                loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[Callable[[Event], None], Event]]) -> None:
+    for put, event in items:
+        put(event)
 
 
 def sampler_chain(vocab: Any, sampling: Sampling) -> Any:

@@ -4,6 +4,7 @@ still parses. Real server, real model, the official client; requests overlap thr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from aiplus.config import ModelConfig
+from aiplus.engines.base import GenerationRequest
+from aiplus.engines.llamacpp import LlamaCppEngine
 from tests.conftest import DEFAULT_MODEL
 
 PROMPTS = [
@@ -113,3 +117,41 @@ def test_json_schema_answer_batched_with_free_text_parses(client):
     animal = json.loads(results[0])
     assert set(animal) == {"name", "legs"} and isinstance(animal["legs"], int)
     assert all(isinstance(text, str) and text for text in results[1:])
+
+
+def test_a_cancelled_sequence_frees_its_slot_while_the_others_run():
+    """In process, to see the decoder itself: the closed stream's sequence is gone before the others finish."""
+    engine = LlamaCppEngine(ModelConfig(id="m", max_concurrency=4, context_length=2048))
+
+    def request(i: int, max_tokens: int) -> GenerationRequest:
+        return GenerationRequest(
+            request_id=str(i),
+            model="m",
+            kind="chat",
+            messages=[{"role": "user", "content": PROMPTS[i]}],
+            max_tokens=max_tokens,
+            temperature=1.0,
+            seed=i,
+        )
+
+    async def text(gen: GenerationRequest) -> str:
+        return "".join([d.text async for d in engine.generate(gen)])
+
+    async def run() -> tuple[list[str], list[str], int, int]:
+        await engine.start()
+        try:
+            alone = [await text(request(i, 32)) for i in range(3)]
+            long = engine.generate(request(5, 1000))
+            await anext(long)
+            others = asyncio.gather(*(text(request(i, 32)) for i in range(3)))
+            await asyncio.sleep(0.05)
+            await long.aclose()
+            batched = await others
+            await asyncio.sleep(0.5)  # the step after the last delivery
+            return alone, batched, engine._decoder.running, engine.capacity
+        finally:
+            await engine.close()
+
+    alone, batched, running, capacity = asyncio.run(run())
+    assert batched == alone
+    assert running == 0 and capacity == 4

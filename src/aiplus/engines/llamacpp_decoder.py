@@ -1,14 +1,14 @@
 """Continuous batching on one llama.cpp context: many sequences decoded together, on llama-cpp-python's bindings.
 
-One thread owns the context. Each step decodes one batch holding the next token of every running sequence plus
-prompt chunks of newly admitted ones (up to ``n_batch`` tokens); sequences join between steps and leave when done,
-their KV cells removed. Each sequence samples with its own sampler chain (grammar, top-k, top-p, min-p,
+One thread owns the context. Each step decodes the next token of every running sequence in one batch, then prompt
+chunks of newly admitted ones (up to ``n_batch`` tokens a step, one prompt per decode: see ``Decoder._step``);
+sequences join between steps and leave when done, their KV cells removed. Each sequence samples with its own sampler chain (grammar, top-k, top-p, min-p,
 temperature, seeded distribution), so its parameters stay its own.
 
 Reproducibility: the context keeps one KV stream per sequence (``kv_unified = false``). Measured on SmolLM2 Q4_1,
 a sequence's logits are then bit-identical whether it runs alone, beside others, joins mid-generation, reuses a
-freed slot or has its prompt split into other chunks; with one unified KV buffer they differ by up to ~1.3 (its
-cells sit at other positions among the others', which changes the rounding of the attention sums), enough to
+freed slot or has its prompt split into other chunks; with one unified KV buffer they differ by up to ~1.3 (presumably
+its cells sit at other positions among the others', which changes the rounding of the attention sums), enough to
 change a seeded sample. So the same seed gives the same text alone or batched.
 """
 
@@ -170,6 +170,11 @@ class Decoder:
         with self._wake:
             self._waiting.append(sequence)
             self._wake.notify()
+
+    @property
+    def running(self) -> int:
+        """Sequences holding a slot now."""
+        return len(self._running)
 
     def cancel(self, sequence: Sequence) -> None:
         """Stop a sequence; its slot is freed before the next step, the others go on undisturbed."""

@@ -6,12 +6,14 @@ at 1, 4 and 8 concurrent streams. The three servers run side by side in one run 
 llama-server (8 slots, continuous batching) is built from the llama.cpp vendored in the installed
 llama-cpp-python's sdist (``bench/llama_server.py``; cached; its column is skipped if the build fails).
 Usage: python bench/engine.py [--rounds 3] [--max-tokens 64] [--threads N] [--levels 1,4,8] [--per-stream 2]
+       [--unique-prompts]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -41,6 +43,7 @@ PROMPTS = [
     "Describe how to plant a vegetable garden.",
 ]
 SLOTS = 8
+_serial = itertools.count(1)
 
 
 class Target:
@@ -94,18 +97,27 @@ def start_targets(tmp: Path, threads: int, n_ctx_seq: int) -> list[Target]:
     return targets
 
 
-async def measure(target: Target, concurrency: int, max_tokens: int, per_stream: int) -> float:
-    """Completion tokens/s over ``concurrency`` streams, each sending ``per_stream`` requests back to back."""
+async def measure(
+    target: Target, concurrency: int, max_tokens: int, per_stream: int, unique: bool = False
+) -> float:
+    """Completion tokens/s over ``concurrency`` streams, each sending ``per_stream`` requests back to back.
+
+    ``unique`` puts a fresh number at the start of each prompt, so that no server can reuse a cached prompt beyond
+    the chat template's shared head (llama-server keeps each slot's last prompt and reuses its common prefix).
+    """
     async with httpx.AsyncClient(
         base_url=target.url, timeout=600, headers={"authorization": f"Bearer {target.key}"}
     ) as client:
+
+        def prefix() -> str:
+            return f"Request {next(_serial)}. " if unique else ""
 
         async def stream(i: int) -> int:
             tokens = 0
             for j in range(per_stream):
                 body = {
                     "model": target.model,
-                    "messages": [{"role": "user", "content": PROMPTS[(i + j) % len(PROMPTS)]}],
+                    "messages": [{"role": "user", "content": prefix() + PROMPTS[(i + j) % len(PROMPTS)]}],
                     "max_tokens": max_tokens,
                     "temperature": 0,
                 }
@@ -126,6 +138,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--levels", default="1,4,8")
     parser.add_argument("--per-stream", type=int, default=2, help="requests each stream sends back to back")
+    parser.add_argument(
+        "--unique-prompts", action="store_true", help="no prompt repeats (no prompt-cache hits)"
+    )
     parser.add_argument("--context", type=int, default=2048, help="context per sequence / slot")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -140,7 +155,9 @@ def main() -> int:
             for _ in range(args.rounds):
                 for level in levels:
                     for target in targets:
-                        rate = asyncio.run(measure(target, level, args.max_tokens, args.per_stream))
+                        rate = asyncio.run(
+                            measure(target, level, args.max_tokens, args.per_stream, args.unique_prompts)
+                        )
                         rates.setdefault((target.name, level), []).append(rate)
                         print(f"  {target.name} @ {level}: {rate:.1f} tokens/s", flush=True)
                 load.append(os.getloadavg()[0])

@@ -24,8 +24,15 @@ def engine():
     _run(engine.close())
 
 
-def test_context_is_the_trained_one_without_a_setting(engine):
-    assert engine.context_length == 8192  # SmolLM2-135M's trained context, read from the GGUF's metadata
+def test_context_is_the_trained_one_within_the_kv_budget_without_a_setting(engine):
+    # SmolLM2-135M's trained context (8,192, read from the model) shared by the sequences within 32,768 KV tokens
+    assert engine.context_length == min(8192, max(2048, 32768 // engine.concurrency))
+    alone = LlamaCppEngine(ModelConfig(id="smollm2", max_concurrency=1))
+    _run(alone.start())
+    try:
+        assert alone.context_length == 8192
+    finally:
+        _run(alone.close())
 
 
 def test_configured_context_wins():

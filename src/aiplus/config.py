@@ -45,7 +45,7 @@ class ModelConfig:
     upstreams: tuple[str, ...] = ()  # openai: base URLs such as http://gpu1:8000/v1
     upstream_model: str | None = None  # the name the upstream knows the model by (default: id)
     api_key_env: str | None = None  # environment variable holding the upstream's API key
-    max_concurrency: int = 1  # in-flight requests per replica
+    max_concurrency: int | None = None  # in-flight requests per replica (None: the engine's default)
     max_inflight_tokens: int | None = None  # optional cap on prompt+max_tokens in flight per replica
     context_length: int | None = None
     default_max_tokens: int | None = None  # for requests that name none (embedded engines: 1024 when unset)
@@ -237,7 +237,7 @@ def _model(raw: dict[str, Any], index: int) -> ModelConfig:
         raise ConfigError(f"{where}: an 'openai' engine needs at least one entry in 'upstreams'")
     if model.reasoning not in REASONING_KINDS:
         raise ConfigError(f"{where}: reasoning must be 'deepseek-r1' or absent, not {model.reasoning!r}")
-    if model.max_concurrency < 1:
+    if model.max_concurrency is not None and model.max_concurrency < 1:
         raise ConfigError(f"{where}: max_concurrency must be >= 1")
     for name in ("health_interval_s", "request_timeout_s", "first_byte_timeout_s", "idle_timeout_s"):
         value = getattr(model, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -23,8 +24,15 @@ def engine():
     _run(engine.close())
 
 
-def test_context_is_the_trained_one_without_a_setting(engine):
-    assert engine.context_length == 8192  # SmolLM2-135M's trained context, read from the GGUF's metadata
+def test_context_is_the_trained_one_within_the_kv_budget_without_a_setting(engine):
+    # SmolLM2-135M's trained context (8,192, read from the model) shared by the sequences within 32,768 KV tokens
+    assert engine.context_length == min(8192, max(2048, 32768 // engine.concurrency))
+    alone = LlamaCppEngine(ModelConfig(id="smollm2", max_concurrency=1))
+    _run(alone.start())
+    try:
+        assert alone.context_length == 8192
+    finally:
+        _run(alone.close())
 
 
 def test_configured_context_wins():
@@ -67,3 +75,9 @@ def test_prompt_is_rendered_once_per_request(engine, content):
     assert renders == ["r1"]
     assert deltas[-1].prompt_tokens == counted > 10
     assert 0 < deltas[-1].completion_tokens <= 4
+
+
+def test_sequences_default_to_the_machine_and_follow_the_setting():
+    cores = os.cpu_count() or 1
+    assert LlamaCppEngine(ModelConfig(id="m")).capacity == min(max(8, 4 * cores), 32)
+    assert LlamaCppEngine(ModelConfig(id="m", max_concurrency=3)).capacity == 3

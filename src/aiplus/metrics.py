@@ -59,3 +59,9 @@ BAND_REQUESTS = Counter(
     "Requests dispatched, per model and band.",
     ["model", "band"],
 )
+
+BAND_TOKENS = Counter(
+    "aiplus_band_tokens",
+    "Tokens served (prompt plus completion, as billed), per model and band.",
+    ["model", "band"],
+)

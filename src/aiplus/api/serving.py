@@ -31,8 +31,9 @@ from aiplus.config import ModelConfig
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
 from aiplus.metering.events import UsageEvent
-from aiplus.metrics import TOKENS_SERVED
+from aiplus.metrics import BAND_TOKENS, TOKENS_SERVED
 from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
+from aiplus.scheduling.fair_queue import band_of
 from aiplus.scheduling.limits import RateLimited
 from aiplus.tenancy.auth import Principal
 
@@ -195,6 +196,7 @@ class Call:
     """One request from admission to its usage event."""
 
     __slots__ = (
+        "band",
         "completion_tokens",
         "endpoint",
         "finished",
@@ -230,6 +232,7 @@ class Call:
         self.reservation: Any = None
         self.lease: Any = None
         self.used_tools = False
+        self.band = "default"  # the service_tier used, echoed in the answer
         self.finished = False
         self.headers: dict[str, str] = {"x-request-id": self.request_id}
 
@@ -264,6 +267,11 @@ class Call:
 
     async def _admission(self, gen: GenerationRequest, inputs: list[str] | None) -> None:
         engine = self.model.engine
+        try:  # OpenAI's service_tier picks the band; aiplus answers it, the upstream never sees it
+            self.band = band_of(gen.extra.pop("service_tier", None), self.services.band(self.principal.tier))
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="service_tier", code="invalid_value") from None
+        self.headers["x-service-tier"] = self.band
         try:
             if inputs is None:
                 self.prompt_tokens = await engine.count_prompt_tokens(gen)
@@ -295,21 +303,23 @@ class Call:
         self.headers.update(self.reservation.headers)
         p = self.principal
         dispatcher = self.model.dispatcher
+        band = self.band
         self.lease = dispatcher.acquire_nowait(
-            p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier
+            p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier, band
         )
         if self.lease is not None:
             return
         try:
             self.lease = await until_disconnect(
-                dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier),
+                dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier, band),
                 self.request.receive,
             )
         except QueueTimeout as exc:
+            waited = dispatcher.flex_timeout_s if band == "flex" else dispatcher.queue_timeout_s
             raise APIError(
                 429,
                 f"The model '{self.model.config.id}' is at capacity and your request waited "
-                f"{self.services.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
+                f"{waited:.0f} s in the queue; retry later.",
                 type="rate_limit_error",
                 code="queue_timeout",
                 headers={"retry-after": str(exc.retry_after)},
@@ -360,6 +370,7 @@ class Call:
         if total:
             TOKENS_SERVED.labels(model_id, tier, "prompt").inc(self.prompt_tokens)
             TOKENS_SERVED.labels(model_id, tier, "completion").inc(self.completion_tokens)
+            BAND_TOKENS.labels(model_id, self.band).inc(total)
 
     def _account(self, delta: Delta) -> None:
         if delta.tokens:
@@ -367,9 +378,13 @@ class Call:
             self.lease.output(delta.tokens)
             if self.first_token is None:
                 self.first_token = time.perf_counter()
-        if delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens:
-            self.lease.adjust_prompt(delta.prompt_tokens)
-            self.prompt_tokens = delta.prompt_tokens
+        if (
+            delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens
+        ) or delta.cached_tokens:
+            self.lease.adjust_prompt(delta.prompt_tokens or self.prompt_tokens, delta.cached_tokens)
+            self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
+        if delta.engine_s is not None:
+            self.lease.engine_time(delta.engine_s)
         if delta.completion_tokens is not None and delta.completion_tokens != self.completion_tokens:
             self.lease.output(delta.completion_tokens - self.completion_tokens)
             self.completion_tokens = delta.completion_tokens
@@ -395,6 +410,7 @@ class Call:
             events = self._stream(gen, batches, first, include_usage, echo)
             return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
         body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
+        body["service_tier"] = self.band
         return json_response(body, headers=self.headers)
 
     async def _abandon(self, batches: AsyncIterator[list[Delta]]) -> None:
@@ -530,13 +546,10 @@ class Call:
                 )
             if include_usage:
                 obj = "chat.completion.chunk" if chat else "text_completion"
-                tail.append(
-                    sse(
-                        protocol.usage_chunk(
-                            rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens
-                        )
-                    )
+                usage = protocol.usage_chunk(
+                    rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens
                 )
+                tail.append(sse({**usage, "service_tier": self.band}))
             tail.append(DONE)
             status = "ok"  # before the last write: a client that leaves now has had its whole answer
             yield b"".join(tail)

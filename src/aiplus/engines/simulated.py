@@ -123,7 +123,7 @@ class SimulatedEngine(Engine):
     ):
         super().__init__(config)
         self.model = BatchModel(
-            kv_tokens=kv_tokens, max_batch=max(DEFAULT_MAX_BATCH, config.max_concurrency), cost=cost
+            kv_tokens=kv_tokens, max_batch=max(DEFAULT_MAX_BATCH, config.slots), cost=cost
         )
         self._pending: deque[tuple[asyncio.Queue, int, int]] = deque()
         self._wake: asyncio.Event | None = None

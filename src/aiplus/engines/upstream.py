@@ -6,6 +6,10 @@ checks bring it back. Streams are relayed chunk by chunk as they arrive, over a 
 
 The HTTP client is aiohttp: on this path httpx cost about 1 ms of CPU per request (most of it scanning its
 connection pool), aiohttp about 75 µs — see docs/benchmarks.md, "Gateway overhead".
+
+``load`` reads each replica's Prometheus ``/metrics`` (vLLM, SGLang, llama-server ``--metrics``) for the
+adaptive in-flight budget (``max_concurrency = "auto"``, ``scheduling/budget.py``); with budgets set, a
+request goes to the healthy replica with the most room left under its budget.
 """
 
 from __future__ import annotations
@@ -25,14 +29,20 @@ from aiplus.engines.base import (
     Embeddings,
     Engine,
     EngineError,
+    EngineLoad,
     GenerationRequest,
     UpstreamError,
     estimate_tokens,
 )
 
+# engine metric names, by what they say: summed over their label sets (one per served model)
+WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "sglang:num_queue_reqs")
+RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing", "sglang:num_running_reqs")
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+
 
 class Replica:
-    __slots__ = ("failures", "healthy", "index", "outstanding", "url")
+    __slots__ = ("budget", "failures", "healthy", "index", "outstanding", "url")
 
     def __init__(self, url: str, index: int):
         self.url = url.rstrip("/")
@@ -40,6 +50,35 @@ class Replica:
         self.outstanding = 0
         self.healthy = True
         self.failures = 0
+        self.budget = 0  # 0: no budget set (fixed max_concurrency): fewest outstanding first
+
+    @property
+    def metrics_url(self) -> str:
+        base = self.url[:-3] if self.url.endswith("/v1") else self.url
+        return f"{base}/metrics"
+
+
+def parse_load(text: str) -> EngineLoad | None:
+    """An engine's Prometheus exposition as an EngineLoad; None when it publishes no waiting-queue gauge."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        head, _, number = line.rpartition(" ")
+        try:
+            value = float(number)
+        except ValueError:
+            continue
+        name = head.split("{", 1)[0].strip()
+        sums[name] = sums.get(name, 0.0) + value
+
+    def first(names: tuple[str, ...]) -> float | None:
+        return next((sums[n] for n in names if n in sums), None)
+
+    waiting = first(WAITING)
+    if waiting is None:
+        return None
+    return EngineLoad(waiting=waiting, running=first(RUNNING), kv_usage=first(KV_USAGE))
 
 
 class _BeforeFirstByte(Exception):
@@ -79,6 +118,13 @@ def _error_from(status: int, body: bytes) -> UpstreamError:
     )
 
 
+def _cached(usage: dict[str, Any]) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens``, as OpenAI and vLLM (with prefix caching) report it."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and cached >= 0 else None
+
+
 class UpstreamEngine(Engine):
     kind = "openai"
     remote = True
@@ -91,7 +137,8 @@ class UpstreamEngine(Engine):
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._model_name = config.upstream_model or config.id
-        self._pool_size = max(config.max_concurrency, 1) * len(self._replicas) + 8
+        per_replica = config.concurrency_max if config.adaptive else config.slots
+        self._pool_size = max(per_replica, 1) * len(self._replicas) + 8
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
 
@@ -143,8 +190,25 @@ class UpstreamEngine(Engine):
             await self._check_all()
 
     def _order(self) -> list[Replica]:
-        """Replicas to try, best first: healthy before down, fewest outstanding first."""
-        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding))
+        """Replicas to try, best first: healthy before down, most room under the budget (else fewest
+        outstanding) first."""
+        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding - r.budget))
+
+    def set_budgets(self, budgets: list[int]) -> None:
+        for replica, budget in zip(self._replicas, budgets, strict=False):
+            replica.budget = budget
+
+    async def _load(self, replica: Replica) -> EngineLoad | None:
+        try:
+            async with self._session.get(replica.metrics_url, timeout=aiohttp.ClientTimeout(total=3.0)) as r:
+                if r.status != 200:
+                    return None
+                return parse_load(await r.text())
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            return None
+
+    async def load(self) -> list[EngineLoad | None]:
+        return list(await asyncio.gather(*(self._load(r) for r in self._replicas)))
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         if request.kind == "completion":
@@ -289,6 +353,7 @@ class UpstreamEngine(Engine):
             text, reasoning, tool_calls = choice.get("text") or "", "", None
         completion = usage.get("completion_tokens")
         return Delta(
+            cached_tokens=_cached(usage),
             text=text,
             reasoning=reasoning,
             tool_calls=tool_calls,
@@ -351,10 +416,12 @@ class UpstreamEngine(Engine):
                     )
                 )
         usage = chunk.get("usage")
-        if usage:
+        if usage and isinstance(usage, dict):
             batch.append(
                 Delta(
-                    prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens")
+                    prompt_tokens=usage.get("prompt_tokens"),
+                    completion_tokens=usage.get("completion_tokens"),
+                    cached_tokens=_cached(usage),
                 )
             )
 

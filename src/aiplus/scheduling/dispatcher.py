@@ -95,6 +95,7 @@ class Dispatcher:
         clock: Clock | None = None,
         cost: CostModel | None = None,
         band_floors: dict[str, float] | None = None,
+        priority_reserve: float = 0.1,
     ):
         self.model_id = model_id
         self.queue = FairQueue(
@@ -105,6 +106,7 @@ class Dispatcher:
             max_inflight_tokens=max_inflight_tokens,
             cost=cost,
             band_floors=band_floors,
+            priority_reserve=priority_reserve,
         )
         self.cost = cost
         self.queue_timeout_s = queue_timeout_s

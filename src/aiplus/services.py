@@ -25,6 +25,7 @@ from aiplus.scheduling.budget import run_adaptive
 from aiplus.scheduling.cost import CostModel
 from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.scheduling.limits import Limiter, create_limiter
+from aiplus.scheduling.shared import SharedFairShare
 from aiplus.storage.db import create_engine, migrate
 from aiplus.storage.redis import create_redis
 from aiplus.tenancy.auth import Authenticator
@@ -51,6 +52,7 @@ class Services:
     started: int = field(default_factory=lambda: int(time.time()))
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _loops: list[asyncio.Task] = field(default_factory=list)  # run until stop (adaptive budgets)
+    _shares: list[SharedFairShare] = field(default_factory=list)  # cross-gateway fair share, per model
 
     def band(self, tier: str) -> str:
         """The band of a tier's requests that name no ``service_tier``."""
@@ -124,8 +126,9 @@ async def _start_models(settings: Settings, services: Services) -> None:
     for config in settings.models:
         engine = create_model_engine(config)
         await engine.start()
-        # workers share remote replicas: each schedules its part of their budget
-        share = settings.workers if engine.remote and settings.workers > 1 else 1
+        shared = services.redis is not None and sched.shared
+        # workers share remote replicas: without Redis each schedules its part of their budget
+        share = settings.workers if engine.remote and settings.workers > 1 and not shared else 1
         tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None
         dispatcher = Dispatcher(
             config.id,
@@ -141,6 +144,11 @@ async def _start_models(settings: Settings, services: Services) -> None:
             priority_reserve=sched.priority_reserve,
         )
         models[config.id] = ModelRuntime(config, engine, dispatcher)
+        if shared:
+            fair_share = SharedFairShare(dispatcher, services.redis, settings.redis_prefix)
+            dispatcher.shared = fair_share
+            fair_share.start()
+            services._shares.append(fair_share)
         if config.adaptive:
             loop = asyncio.get_running_loop().create_task(run_adaptive(config, engine, dispatcher, share))
             services._loops.append(loop)
@@ -153,6 +161,8 @@ async def stop_services(services: Services) -> None:
     """Close the models, let pending settles finish, flush the ledger, close connections."""
     for loop in services._loops:
         loop.cancel()
+    for fair_share in services._shares:
+        await fair_share.close()
     await asyncio.gather(*(m.engine.close() for m in services.models.values()), return_exceptions=True)
     if services._tasks:
         await asyncio.wait(list(services._tasks), timeout=10)

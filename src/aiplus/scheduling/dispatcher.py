@@ -111,9 +111,10 @@ class Dispatcher:
         self.cost = cost
         self.queue_timeout_s = queue_timeout_s
         self.flex_timeout_s = queue_timeout_s if flex_timeout_s is None else flex_timeout_s
-        self._shared = 0.0  # processor-sharing integral: seconds per in-flight request, summed
-        self._shared_at = 0.0
-        self._shared_start: dict[int, float] = {}
+        self._ps = 0.0  # processor-sharing integral: seconds per in-flight request, summed
+        self._ps_at = 0.0
+        self._ps_start: dict[int, float] = {}
+        self.shared: Any = None  # a SharedFairShare when the deployment shares counters and budget
         self._now = (clock or RealClock()).now
         self._tier_metrics: dict[str, tuple[Any, Any]] = {}
         self._hold_s = 1.0  # moving average of how long a lease is held, for Retry-After
@@ -158,7 +159,7 @@ class Dispatcher:
         """A turn at once when nobody waits and the budget has room — the common case, served without
         creating a waiter; None means the request must ``acquire`` (and wait) like everyone else."""
         q = self.queue
-        if q.queued or q.in_flight >= q.capacity:
+        if q.queued or q.in_flight >= q.capacity or self.shared is not None:
             return None
         cap = q.max_inflight_tokens
         if cap is not None and q.in_flight and q.inflight_tokens + prompt_tokens + max_tokens > cap:
@@ -205,30 +206,55 @@ class Dispatcher:
     def _share(self, now: float) -> float:
         """Advance the processor-sharing integral to ``now`` (call before in_flight changes)."""
         if self.queue.in_flight:
-            self._shared += (now - self._shared_at) / self.queue.in_flight
-        self._shared_at = now
-        return self._shared
+            self._ps += (now - self._ps_at) / self.queue.in_flight
+        self._ps_at = now
+        return self._ps
 
     def _pump(self) -> None:
+        if self.shared is not None:  # the deployment decides who starts next (scheduling/shared.py)
+            self.shared.kick()
+            return
         queue = self.queue
         now = self._now()
-        shared = self._share(now)  # the time up to now belongs to the requests already running
+        ps = self._share(now)  # the time up to now belongs to the requests already running
         while (ticket := queue.dispatch(now)) is not None:
-            if self.cost is not None:
-                self._shared_start[id(ticket)] = shared
-            self.dispatched += 1
-            gauge, histogram, band_gauge = self._metrics(ticket.tier, ticket.band.name)
-            gauge.dec()
-            band_gauge.dec()
-            metrics.BAND_REQUESTS.labels(self.model_id, ticket.band.name).inc()
-            histogram.observe(now - ticket.enqueued_at)
-            waiter = ticket.payload
-            if waiter is None:
-                continue  # the caller is still inside acquire and sees the state itself
-            if waiter.done():  # its task was cancelled a moment ago and has not run its handler yet
-                queue.finish(ticket)
-                continue
-            waiter.set_result(None)
+            self._started(ticket, now, ps)
+
+    def _dispatch_one(self) -> bool:
+        """Start the next local request on a slot the deployment granted; False when none may start."""
+        queue = self.queue
+        now = self._now()
+        ps = self._share(now)
+        capacity = queue.capacity
+        queue.capacity = queue.in_flight + 1
+        try:
+            ticket = queue.dispatch(now)
+        finally:
+            queue.capacity = capacity
+        if ticket is None:
+            return False
+        self._started(ticket, now, ps)
+        return True
+
+    def _started(self, ticket: Ticket, now: float, ps: float) -> None:
+        queue = self.queue
+        if self.cost is not None:
+            self._ps_start[id(ticket)] = ps
+        self.dispatched += 1
+        gauge, histogram, band_gauge = self._metrics(ticket.tier, ticket.band.name)
+        gauge.dec()
+        band_gauge.dec()
+        metrics.BAND_REQUESTS.labels(self.model_id, ticket.band.name).inc()
+        histogram.observe(now - ticket.enqueued_at)
+        waiter = ticket.payload
+        if waiter is None:
+            return  # the caller is still inside acquire and sees the state itself
+        if waiter.done():  # its task was cancelled a moment ago and has not run its handler yet
+            queue.finish(ticket)
+            if self.shared is not None:
+                self.shared.released()
+            return
+        waiter.set_result(None)
 
     def _drop(self, ticket: Ticket) -> None:
         if self.queue.cancel(ticket):
@@ -253,12 +279,14 @@ class Dispatcher:
     def _release(self, ticket: Ticket, lease: Lease | None = None) -> None:
         now = self._now()
         if self.cost is not None:
-            shared = self._share(now) - self._shared_start.pop(id(ticket), self._shared)
+            shared = self._share(now) - self._ps_start.pop(id(ticket), self._ps)
             if lease is not None and lease.output_tokens:  # abandoned or failed requests say little
                 seconds = lease.engine_s if lease.engine_s is not None else shared
                 uncached = ticket.prompt_tokens - ticket.cached_tokens
                 self.cost.observe(uncached, lease.output_tokens, seconds)
         self.queue.finish(ticket)
+        if self.shared is not None:
+            self.shared.released()
         if ticket.dispatched_at is not None:
             self._hold_s += 0.05 * (now - ticket.dispatched_at - self._hold_s)
         self._pump()

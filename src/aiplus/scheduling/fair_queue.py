@@ -193,6 +193,9 @@ class FairQueue:
         self.inflight_tokens = 0
         self.queued = 0
         self.service = 0.0  # charged service over all bands
+        # called with (band, org, amount / weight) on every charge: the cross-gateway mode mirrors it to Redis
+        self.on_charge: Any = None
+        self.on_activate: Any = None  # called with (band, org) when an org becomes backlogged
         self._fair = policy == "fair"
         self._seq = 0
         self._bands = {name: _Band(name, floors.get(name, 0.0)) for name in BANDS}
@@ -225,6 +228,8 @@ class FairQueue:
             self._lift(b, org)
             b.backlogged[org_id] = org
             b.active[org_id] = org
+            if self.on_activate is not None:
+                self.on_activate(band, org_id)
         self._seq += 1
         ticket = Ticket(org, b, tier, weight, prompt_tokens, max_tokens, self._seq, now, payload)
         org.queue.append(ticket)
@@ -326,6 +331,8 @@ class FairQueue:
         ticket.org.counter += amount / ticket.weight
         ticket.band.service += amount
         self.service += amount
+        if self.on_charge is not None:
+            self.on_charge(ticket.band.name, ticket.org.id, amount / ticket.weight)
 
     def output(self, ticket: Ticket, n: int = 1) -> None:
         """``n`` more output tokens were produced for ``ticket``: charge its org."""
@@ -379,6 +386,28 @@ class FairQueue:
 
     def _org(self, org_id: str, band: str) -> _Org | None:
         return self._bands[band].orgs.get(org_id)
+
+    def bid(self) -> tuple[int, float] | None:
+        """What this queue would dispatch next, lowest first: (the band's rank, the org's counter). None
+        when nothing is queued. Gateways that share a budget
+        compare bids (``shared.py``); under FCFS every bid is equal (first to ask, first served)."""
+        if not self.queued:
+            return None
+        if not self._fair:
+            return 0, 0.0
+        band = self._band()
+        assert band is not None
+        return self._ranked.index(band), min(org.counter for org in band.backlogged.values())
+
+    def set_counter(self, org_id: str, band: str, value: float) -> None:
+        """Replace an org's counter with the deployment's shared value (cross-gateway mode)."""
+        org = self._org(org_id, band)
+        if org is not None:
+            org.counter = value
+
+    def active(self) -> list[tuple[str, str]]:
+        """(band, org) pairs with queued or in-flight work."""
+        return [(band.name, org) for band in self._ranked for org in band.active]
 
     def counter(self, org_id: str, band: str = "default") -> float:
         org = self._org(org_id, band)

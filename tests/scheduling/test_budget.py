@@ -64,3 +64,9 @@ def test_auto_concurrency_only_for_upstreams(tmp_path):
 def test_bench_adaptive_budget_settles_at_the_hidden_capacity():
     lines, ok = load_bench().budget_table(240.0)
     assert ok, lines
+
+
+def test_bench_weights_hold_across_gateways_only_when_shared():
+    lines, ok = load_bench().gateway_table(240.0)
+    assert ok, lines
+    assert "| per process | 6." in lines or "| per process | 7." in lines, lines  # what sharing fixes

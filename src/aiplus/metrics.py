@@ -62,6 +62,6 @@ BAND_REQUESTS = Counter(
 
 BAND_TOKENS = Counter(
     "aiplus_band_tokens",
-    "Tokens served (prompt plus completion, as billed), per model and band.",
+    "Tokens of requests that ran (prompt plus output, as the scheduler counted them), per model and band.",
     ["model", "band"],
 )

@@ -6,7 +6,7 @@ import pytest
 
 from aiplus.config import ConfigError, load_settings
 from aiplus.engines.base import EngineLoad
-from aiplus.engines.upstream import _cached, parse_load
+from aiplus.engines.load import cached_tokens, metrics_url, parse_load
 from aiplus.scheduling.budget import AdaptiveBudget
 from tests.scheduling.test_simulation import load_bench
 
@@ -39,8 +39,9 @@ def test_engine_load_from_vllm_llama_server_and_sglang_metrics():
     )
     assert parse_load("sglang:num_queue_reqs 0\nsglang:token_usage 0.3\n") == EngineLoad(0.0, None, 0.3)
     assert parse_load("process_cpu_seconds_total 12\n") is None
-    assert _cached({"prompt_tokens_details": {"cached_tokens": 5}}) == 5
-    assert _cached({"prompt_tokens_details": None}) is None
+    assert cached_tokens({"prompt_tokens_details": {"cached_tokens": 5}}) == 5
+    assert cached_tokens({"prompt_tokens_details": None}) is None and cached_tokens(None) is None
+    assert metrics_url("http://gpu1:8000/v1/") == "http://gpu1:8000/metrics"
 
 
 def test_auto_concurrency_only_for_upstreams(tmp_path):

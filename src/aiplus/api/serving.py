@@ -31,7 +31,7 @@ from aiplus.config import ModelConfig
 from aiplus.engines.base import Delta, Engine, EngineError, GenerationRequest
 from aiplus.engines.reasoning import ThinkSplitter, split_reasoning
 from aiplus.metering.events import UsageEvent
-from aiplus.metrics import BAND_TOKENS, TOKENS_SERVED
+from aiplus.metrics import TOKENS_SERVED
 from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
 from aiplus.scheduling.fair_queue import band_of
 from aiplus.scheduling.limits import RateLimited
@@ -370,21 +370,18 @@ class Call:
         if total:
             TOKENS_SERVED.labels(model_id, tier, "prompt").inc(self.prompt_tokens)
             TOKENS_SERVED.labels(model_id, tier, "completion").inc(self.completion_tokens)
-            BAND_TOKENS.labels(model_id, self.band).inc(total)
 
     def _account(self, delta: Delta) -> None:
+        if delta.cached_tokens or delta.engine_s is not None:  # for the scheduler's cost model only
+            self.lease.engine_report(delta.cached_tokens, delta.engine_s)
         if delta.tokens:
             self.completion_tokens += delta.tokens
             self.lease.output(delta.tokens)
             if self.first_token is None:
                 self.first_token = time.perf_counter()
-        if (
-            delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens
-        ) or delta.cached_tokens:
-            self.lease.adjust_prompt(delta.prompt_tokens or self.prompt_tokens, delta.cached_tokens)
-            self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
-        if delta.engine_s is not None:
-            self.lease.engine_time(delta.engine_s)
+        if delta.prompt_tokens is not None and delta.prompt_tokens != self.prompt_tokens:
+            self.lease.adjust_prompt(delta.prompt_tokens)
+            self.prompt_tokens = delta.prompt_tokens
         if delta.completion_tokens is not None and delta.completion_tokens != self.completion_tokens:
             self.lease.output(delta.completion_tokens - self.completion_tokens)
             self.completion_tokens = delta.completion_tokens

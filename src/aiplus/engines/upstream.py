@@ -34,15 +34,11 @@ from aiplus.engines.base import (
     UpstreamError,
     estimate_tokens,
 )
-
-# engine metric names, by what they say: summed over their label sets (one per served model)
-WAITING = ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "sglang:num_queue_reqs")
-RUNNING = ("vllm:num_requests_running", "llamacpp:requests_processing", "sglang:num_running_reqs")
-KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+from aiplus.engines.load import cached_tokens, metrics_url, parse_load
 
 
 class Replica:
-    __slots__ = ("budget", "failures", "healthy", "index", "outstanding", "url")
+    __slots__ = ("failures", "healthy", "index", "outstanding", "url")
 
     def __init__(self, url: str, index: int):
         self.url = url.rstrip("/")
@@ -50,35 +46,6 @@ class Replica:
         self.outstanding = 0
         self.healthy = True
         self.failures = 0
-        self.budget = 0  # 0: no budget set (fixed max_concurrency): fewest outstanding first
-
-    @property
-    def metrics_url(self) -> str:
-        base = self.url[:-3] if self.url.endswith("/v1") else self.url
-        return f"{base}/metrics"
-
-
-def parse_load(text: str) -> EngineLoad | None:
-    """An engine's Prometheus exposition as an EngineLoad; None when it publishes no waiting-queue gauge."""
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        head, _, number = line.rpartition(" ")
-        try:
-            value = float(number)
-        except ValueError:
-            continue
-        name = head.split("{", 1)[0].strip()
-        sums[name] = sums.get(name, 0.0) + value
-
-    def first(names: tuple[str, ...]) -> float | None:
-        return next((sums[n] for n in names if n in sums), None)
-
-    waiting = first(WAITING)
-    if waiting is None:
-        return None
-    return EngineLoad(waiting=waiting, running=first(RUNNING), kv_usage=first(KV_USAGE))
 
 
 class _BeforeFirstByte(Exception):
@@ -118,13 +85,6 @@ def _error_from(status: int, body: bytes) -> UpstreamError:
     )
 
 
-def _cached(usage: dict[str, Any]) -> int | None:
-    """``usage.prompt_tokens_details.cached_tokens``, as OpenAI and vLLM (with prefix caching) report it."""
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if isinstance(cached, int) and cached >= 0 else None
-
-
 class UpstreamEngine(Engine):
     kind = "openai"
     remote = True
@@ -137,6 +97,7 @@ class UpstreamEngine(Engine):
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._model_name = config.upstream_model or config.id
+        self._budgets = [0] * len(self._replicas)  # adaptive budgets (0: none set, fewest outstanding first)
         per_replica = config.concurrency_max if config.adaptive else config.slots
         self._pool_size = max(per_replica, 1) * len(self._replicas) + 8
         self._session: aiohttp.ClientSession | None = None
@@ -192,15 +153,17 @@ class UpstreamEngine(Engine):
     def _order(self) -> list[Replica]:
         """Replicas to try, best first: healthy before down, most room under the budget (else fewest
         outstanding) first."""
-        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding - r.budget))
+        budgets = self._budgets
+        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding - budgets[r.index]))
 
     def set_budgets(self, budgets: list[int]) -> None:
-        for replica, budget in zip(self._replicas, budgets, strict=False):
-            replica.budget = budget
+        self._budgets[: len(budgets)] = budgets[: len(self._budgets)]
 
     async def _load(self, replica: Replica) -> EngineLoad | None:
         try:
-            async with self._session.get(replica.metrics_url, timeout=aiohttp.ClientTimeout(total=3.0)) as r:
+            async with self._session.get(
+                metrics_url(replica.url), timeout=aiohttp.ClientTimeout(total=3.0)
+            ) as r:
                 if r.status != 200:
                     return None
                 return parse_load(await r.text())
@@ -353,7 +316,7 @@ class UpstreamEngine(Engine):
             text, reasoning, tool_calls = choice.get("text") or "", "", None
         completion = usage.get("completion_tokens")
         return Delta(
-            cached_tokens=_cached(usage),
+            cached_tokens=cached_tokens(body.get("usage")),
             text=text,
             reasoning=reasoning,
             tool_calls=tool_calls,
@@ -416,12 +379,12 @@ class UpstreamEngine(Engine):
                     )
                 )
         usage = chunk.get("usage")
-        if usage and isinstance(usage, dict):
+        if usage:
             batch.append(
                 Delta(
                     prompt_tokens=usage.get("prompt_tokens"),
                     completion_tokens=usage.get("completion_tokens"),
-                    cached_tokens=_cached(usage),
+                    cached_tokens=cached_tokens(usage),
                 )
             )
 

@@ -59,9 +59,13 @@ class Lease:
         many of those tokens the engine's prefix cache served (charged as cached under ``cost = "engine"``)."""
         self._dispatcher.queue.adjust_prompt(self._ticket, actual_prompt_tokens, cached_tokens)
 
-    def engine_time(self, seconds: float) -> None:
-        """The engine's own measure of the time it spent on this request (prefill plus its part of decode)."""
-        self.engine_s = seconds
+    def engine_report(self, cached_tokens: int | None, engine_s: float | None) -> None:
+        """What the engine said of this request beyond its token counts: prompt tokens its prefix cache served
+        (charged as cached under ``cost = "engine"``), and its own measure of the seconds it spent on it."""
+        if cached_tokens is not None:
+            self._dispatcher.queue.adjust_prompt(self._ticket, self._ticket.prompt_tokens, cached_tokens)
+        if engine_s is not None:
+            self.engine_s = engine_s
 
     def release(self) -> None:
         """Free the slot and dispatch the next waiter; safe to call more than once."""
@@ -285,6 +289,9 @@ class Dispatcher:
                 uncached = ticket.prompt_tokens - ticket.cached_tokens
                 self.cost.observe(uncached, lease.output_tokens, seconds)
         self.queue.finish(ticket)
+        if lease is not None:
+            tokens = ticket.prompt_tokens + lease.output_tokens
+            metrics.BAND_TOKENS.labels(self.model_id, ticket.band.name).inc(tokens)
         if self.shared is not None:
             self.shared.released()
         if ticket.dispatched_at is not None:

@@ -34,7 +34,7 @@ from aiplus.api.pages import render
 from aiplus.api.serving import REQUEST_ID, new_request_id
 from aiplus.api.streams import ClientGone
 from aiplus.config import Settings
-from aiplus.metrics import INFLIGHT
+from aiplus.metrics import COST_COEFFICIENT, INFLIGHT
 from aiplus.services import start_services, stop_services
 
 log = logging.getLogger("aiplus")
@@ -108,6 +108,10 @@ async def _metrics(request: Request) -> Response:
     for model_id, model in request.app.state.services.models.items():
         for replica, n in enumerate(model.engine.inflight() or [model.dispatcher.queue.in_flight]):
             INFLIGHT.labels(model_id, str(replica)).set(n)
+        cost = model.dispatcher.cost
+        if cost is not None:
+            COST_COEFFICIENT.labels(model_id, "alpha").set(cost.alpha)
+            COST_COEFFICIENT.labels(model_id, "beta").set(cost.beta)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -45,7 +45,13 @@ class ModelConfig:
     upstreams: tuple[str, ...] = ()  # openai: base URLs such as http://gpu1:8000/v1
     upstream_model: str | None = None  # the name the upstream knows the model by (default: id)
     api_key_env: str | None = None  # environment variable holding the upstream's API key
-    max_concurrency: int | None = None  # in-flight requests per replica (None: the engine's default)
+    # in-flight requests per replica (None: the engine's default); "auto" (upstreams): sized from their /metrics
+    max_concurrency: int | str | None = None
+    concurrency_min: int = (
+        1  # bounds of the adaptive budget (max_concurrency = "auto"); it starts at the minimum
+    )
+    concurrency_max: int = 64
+    concurrency_interval_s: float = 2.0  # how often the adaptive budget reads the replicas' /metrics
     max_inflight_tokens: int | None = None  # optional cap on prompt+max_tokens in flight per replica
     context_length: int | None = None
     default_max_tokens: int | None = None  # for requests that name none (embedded engines: 1024 when unset)
@@ -57,6 +63,11 @@ class ModelConfig:
     first_byte_timeout_s: float = 60.0  # openai: a stream's first token; else 504, another replica is tried
     idle_timeout_s: float = 30.0  # openai: the longest silence between a stream's chunks; else it ends (504)
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether the in-flight budget per replica follows the engine's own queue (``max_concurrency = "auto"``)."""
+        return self.max_concurrency == "auto"
+
 
 @dataclass(frozen=True)
 class TierConfig:
@@ -67,6 +78,7 @@ class TierConfig:
     monthly_token_quota: int | None = None
     max_concurrent: int | None = None
     free_monthly_tokens: int = 0
+    service_tier: str = "default"  # the band of requests that name no service_tier: priority, default, flex
 
 
 DEFAULT_TIERS = (
@@ -101,9 +113,15 @@ DEFAULT_TIERS = (
 @dataclass(frozen=True)
 class SchedulingConfig:
     policy: str = "fair"  # "fair" (weighted VTC) or "fcfs"
+    cost: str = "tokens"  # what the counter charges: "tokens" (w_in, w_out) or "engine" (fitted seconds)
     w_in: float = 1.0
     w_out: float = 2.0
     queue_timeout_s: float = 120.0
+    flex_timeout_s: float = 600.0  # queue timeout of service_tier = "flex" requests
+    default_floor: float = 0.2  # share of service the default band keeps when priority is backlogged
+    flex_floor: float = 0.1  # share the flex band keeps when higher bands are backlogged
+    priority_reserve: float = 0.1  # part of the budget lower bands leave free once priority traffic is seen
+    shared: bool = True  # with redis_url: one fair share across every gateway of the deployment
 
 
 @dataclass(frozen=True)
@@ -237,7 +255,21 @@ def _model(raw: dict[str, Any], index: int) -> ModelConfig:
         raise ConfigError(f"{where}: an 'openai' engine needs at least one entry in 'upstreams'")
     if model.reasoning not in REASONING_KINDS:
         raise ConfigError(f"{where}: reasoning must be 'deepseek-r1' or absent, not {model.reasoning!r}")
-    if model.max_concurrency is not None and model.max_concurrency < 1:
+    if model.max_concurrency == "auto":
+        if model.engine != "openai":
+            raise ConfigError(
+                f'{where}: max_concurrency = "auto" sizes an upstream\'s budget from its /metrics; the '
+                f"{model.engine!r} engine keeps a fixed number"
+            )
+        if not 1 <= model.concurrency_min <= model.concurrency_max:
+            raise ConfigError(f"{where}: need 1 <= concurrency_min <= concurrency_max")
+        if model.concurrency_interval_s <= 0:
+            raise ConfigError(f"{where}: concurrency_interval_s must be > 0")
+    elif model.max_concurrency is None:
+        pass
+    elif isinstance(model.max_concurrency, bool) or not isinstance(model.max_concurrency, int):
+        raise ConfigError(f'{where}: max_concurrency must be a whole number or "auto"')
+    elif model.max_concurrency < 1:
         raise ConfigError(f"{where}: max_concurrency must be >= 1")
     for name in ("health_interval_s", "request_timeout_s", "first_byte_timeout_s", "idle_timeout_s"):
         value = getattr(model, name)
@@ -290,6 +322,20 @@ def load_settings(
     scheduling = _build(SchedulingConfig, raw.pop("scheduling", {}), "[scheduling]")
     if scheduling.policy not in ("fair", "fcfs"):
         raise ConfigError(f"[scheduling]: policy must be 'fair' or 'fcfs', not {scheduling.policy!r}")
+    if scheduling.cost not in ("tokens", "engine"):
+        raise ConfigError(f"[scheduling]: cost must be 'tokens' or 'engine', not {scheduling.cost!r}")
+    floors = (scheduling.default_floor, scheduling.flex_floor, scheduling.priority_reserve)
+    if any(not 0 <= v < 1 for v in floors) or scheduling.default_floor + scheduling.flex_floor >= 1:
+        raise ConfigError(
+            "[scheduling]: default_floor, flex_floor and priority_reserve are fractions in [0, 1), and the "
+            "two floors must add up to less than 1"
+        )
+    for tier in tiers:
+        if tier.service_tier not in ("priority", "default", "flex"):
+            raise ConfigError(
+                f"[tiers.{tier.name}]: service_tier must be 'priority', 'default' or 'flex', "
+                f"not {tier.service_tier!r}"
+            )
     prices = tuple(_build(PriceConfig, p, "[[prices]]") for p in raw.pop("prices", []))
     adoption_raw = dict(raw.pop("adoption", {}))
     if "targets" in adoption_raw:

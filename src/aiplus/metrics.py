@@ -38,6 +38,37 @@ QUEUE_TIMEOUTS = Counter(
     ["model", "tier"],
 )
 
+BAND_QUEUE_LENGTH = Gauge(
+    "aiplus_band_queue_length",
+    "Requests waiting for dispatch, per model and band (service_tier: priority, default, flex).",
+    ["model", "band"],
+)
+
+COST_COEFFICIENT = Gauge(
+    "aiplus_cost_coefficient",
+    'The scheduler\'s fitted engine time per token (cost = "engine"): alpha per uncached prompt token, '
+    "beta per output token, in seconds.",
+    ["model", "coefficient"],
+)
+
+INFLIGHT_BUDGET = Gauge(
+    "aiplus_inflight_budget",
+    'Requests the scheduler lets run at once, per model and replica (adaptive with max_concurrency = "auto").',
+    ["model", "replica"],
+)
+
+BAND_REQUESTS = Counter(
+    "aiplus_band_requests",
+    "Requests dispatched, per model and band.",
+    ["model", "band"],
+)
+
+BAND_TOKENS = Counter(
+    "aiplus_band_tokens",
+    "Tokens of requests that ran (prompt plus output, as the scheduler counted them), per model and band.",
+    ["model", "band"],
+)
+
 
 class CallWindow:
     """The last few minutes of finished calls in this process, for the control room's live view.

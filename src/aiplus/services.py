@@ -22,8 +22,11 @@ from aiplus.engines import create_engine as create_model_engine
 from aiplus.metering.ledger import Ledger
 from aiplus.metering.tariffs import Tariff
 from aiplus.metrics import CallWindow
+from aiplus.scheduling.budget import run_adaptive
+from aiplus.scheduling.cost import CostModel
 from aiplus.scheduling.dispatcher import Dispatcher
 from aiplus.scheduling.limits import Limiter, create_limiter
+from aiplus.scheduling.shared import SharedFairShare
 from aiplus.storage.db import create_engine, migrate
 from aiplus.storage.redis import breaker, create_redis
 from aiplus.tenancy.auth import Authenticator
@@ -50,6 +53,15 @@ class Services:
     started: int = field(default_factory=lambda: int(time.time()))
     recent: CallWindow = field(default_factory=CallWindow)  # the live view's last minutes of calls
     _tasks: set[asyncio.Task] = field(default_factory=set)
+    _loops: list[asyncio.Task] = field(default_factory=list)  # run until stop (adaptive budgets)
+    _shares: list[SharedFairShare] = field(default_factory=list)  # cross-gateway fair share, per model
+
+    def band(self, tier: str) -> str:
+        """The band of a tier's requests that name no ``service_tier``."""
+        for t in self.settings.tiers:
+            if t.name == tier:
+                return t.service_tier
+        return "default"
 
     def background(self, coro: Coroutine) -> None:
         """Run ``coro`` off the request path; ``stop_services`` waits for it."""
@@ -96,14 +108,15 @@ async def start_services(settings: Settings, *, say: Callable[[str], None] | Non
         demo_key=boot.demo_key,
     )
     try:
-        await _start_models(settings, services.models)
+        await _start_models(settings, services)
     except BaseException:
         await stop_services(services)
         raise
     return services
 
 
-async def _start_models(settings: Settings, models: dict[str, ModelRuntime]) -> None:
+async def _start_models(settings: Settings, services: Services) -> None:
+    models = services.models
     if settings.workers > 1 and not settings.redis_url:
         log.warning(
             "%d workers without redis_url: each enforces the rate limits and quotas on its own, so an "
@@ -115,8 +128,11 @@ async def _start_models(settings: Settings, models: dict[str, ModelRuntime]) -> 
     for config in settings.models:
         engine = create_model_engine(config)
         await engine.start()
-        # workers share remote replicas: each schedules its part of their budget
-        share = settings.workers if engine.remote and settings.workers > 1 else 1
+        shared = (
+            services.redis is not None and sched.shared and engine.remote
+        )  # local engines are per process
+        # workers share remote replicas: without Redis each schedules its part of their budget
+        share = settings.workers if engine.remote and settings.workers > 1 and not shared else 1
         tokens = config.max_inflight_tokens * engine.replicas if config.max_inflight_tokens else None
         dispatcher = Dispatcher(
             config.id,
@@ -125,9 +141,21 @@ async def _start_models(settings: Settings, models: dict[str, ModelRuntime]) -> 
             w_in=sched.w_in,
             w_out=sched.w_out,
             queue_timeout_s=sched.queue_timeout_s,
+            flex_timeout_s=sched.flex_timeout_s,
             max_inflight_tokens=max(1, -(-tokens // share)) if tokens else None,
+            cost=CostModel() if sched.cost == "engine" else None,
+            band_floors={"default": sched.default_floor, "flex": sched.flex_floor},
+            priority_reserve=sched.priority_reserve,
         )
         models[config.id] = ModelRuntime(config, engine, dispatcher)
+        if shared:
+            fair_share = SharedFairShare(dispatcher, services.redis, settings.redis_prefix)
+            dispatcher.shared = fair_share
+            fair_share.start()
+            services._shares.append(fair_share)
+        if config.adaptive:
+            loop = asyncio.get_running_loop().create_task(run_adaptive(config, engine, dispatcher, share))
+            services._loops.append(loop)
         log.info(
             "model %s ready (%s engine, %d in flight at most)", config.id, config.engine, engine.capacity
         )
@@ -135,6 +163,10 @@ async def _start_models(settings: Settings, models: dict[str, ModelRuntime]) -> 
 
 async def stop_services(services: Services) -> None:
     """Close the models, let pending settles finish, flush the ledger, close connections."""
+    for loop in services._loops:
+        loop.cancel()
+    for fair_share in services._shares:
+        await fair_share.close()
     await asyncio.gather(*(m.engine.close() for m in services.models.values()), return_exceptions=True)
     if services._tasks:
         await asyncio.wait(list(services._tasks), timeout=10)

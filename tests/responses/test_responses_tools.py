@@ -233,12 +233,10 @@ def test_request_options_reach_the_upstream_and_are_echoed(client, tool_upstream
         "type": "json_schema",
         "json_schema": {"name": "place", "schema": schema, "strict": True},
     }
-    assert (sent["parallel_tool_calls"], sent["service_tier"], sent["reasoning_effort"]) == (
-        False,
-        "flex",
-        "low",
-    )
+    assert (sent["parallel_tool_calls"], sent["reasoning_effort"]) == (False, "low")
+    assert "service_tier" not in sent and r.service_tier == "flex"  # aiplus's band, answered, not passed on
     assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (50, 0.5, 0.9)
     assert r.metadata == {"ticket": "42"} and r.instructions == "You are a travel agent."
     assert r.parallel_tool_calls is False and r.temperature == 0.5 and r.text.format.type == "json_schema"
-    assert client.responses.retrieve(r.id).metadata == {"ticket": "42"}
+    stored = client.responses.retrieve(r.id)
+    assert stored.metadata == {"ticket": "42"} and stored.service_tier == "flex"

@@ -107,7 +107,11 @@ class ResponseRenderer:
         self.writer = OutputWriter(ids, bool(call.model.config.reasoning))
 
     def _body(self, status: str) -> dict[str, Any]:
-        return response_object(self.call.request_id, self.call.model.config.id, self.echo, status, [])
+        echo = {
+            **self.echo,
+            "service_tier": self.call.band,
+        }  # the band the request ran in, as chat answers it
+        return response_object(self.call.request_id, self.call.model.config.id, echo, status, [])
 
     def _complete(self, finish: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The finished response and the events that close its last item."""

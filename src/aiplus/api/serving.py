@@ -41,6 +41,7 @@ from aiplus.engines.reported_usage import UNKNOWN_CONTEXT, count
 from aiplus.metering.events import UsageEvent
 from aiplus.metrics import TOKENS_SERVED
 from aiplus.scheduling.dispatcher import Dispatcher, QueueTimeout
+from aiplus.scheduling.fair_queue import band_of
 from aiplus.scheduling.limits import RateLimited
 from aiplus.tenancy.auth import Principal
 
@@ -132,6 +133,7 @@ class Call:
     """One request from admission to its usage event."""
 
     __slots__ = (
+        "band",
         "completion_tokens",
         "endpoint",
         "finished",
@@ -168,6 +170,7 @@ class Call:
         self.reservation: Any = None
         self.lease: Any = None
         self.used_tools = False
+        self.band = "default"  # the service_tier used, echoed in the answer
         self.finished = False
         self.headers: dict[str, str] = {"x-request-id": self.request_id}
 
@@ -206,6 +209,11 @@ class Call:
 
     async def _admission(self, gen: GenerationRequest, inputs: list[str] | None) -> None:
         engine = self.model.engine
+        try:  # OpenAI's service_tier picks the band; aiplus answers it, the upstream never sees it
+            self.band = band_of(gen.extra.pop("service_tier", None), self.services.band(self.principal.tier))
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="service_tier", code="invalid_value") from None
+        self.headers["x-service-tier"] = self.band
         try:
             if inputs is None:
                 self.prompt_tokens = await engine.count_prompt_tokens(gen)
@@ -237,21 +245,23 @@ class Call:
         self.headers.update(self.reservation.headers)
         p = self.principal
         dispatcher = self.model.dispatcher
+        band = self.band
         self.lease = dispatcher.acquire_nowait(
-            p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier
+            p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier, band
         )
         if self.lease is not None:
             return
         try:
             self.lease = await until_disconnect(
-                dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier),
+                dispatcher.acquire(p.org_id, p.weight, self.prompt_tokens, completion_budget, p.tier, band),
                 self.request.receive,
             )
         except QueueTimeout as exc:
+            waited = dispatcher.flex_timeout_s if band == "flex" else dispatcher.queue_timeout_s
             raise APIError(
                 429,
                 f"The model '{self.model.config.id}' is at capacity and your request waited "
-                f"{self.services.settings.scheduling.queue_timeout_s:.0f} s in the queue; retry later.",
+                f"{waited:.0f} s in the queue; retry later.",
                 type="rate_limit_error",
                 code="queue_timeout",
                 headers={"retry-after": str(exc.retry_after)},
@@ -318,6 +328,8 @@ class Call:
         )
 
     def _account(self, delta: Delta) -> None:
+        if delta.cached_tokens or delta.engine_s is not None:  # for the scheduler's cost model only
+            self.lease.engine_report(delta.cached_tokens, delta.engine_s)
         if delta.tokens:
             self.completion_tokens += delta.tokens
             self.lease.output(delta.tokens)
@@ -355,6 +367,7 @@ class Call:
             events = self._stream(gen, batches, first, include_usage, echo)
             return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
         body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
+        body["service_tier"] = self.band
         return json_response(body, headers=self.headers)
 
     async def render(self, gen: GenerationRequest, renderer: Renderer) -> Response:
@@ -539,13 +552,10 @@ class Call:
                 )
             if include_usage:
                 obj = "chat.completion.chunk" if chat else "text_completion"
-                tail.append(
-                    sse(
-                        protocol.usage_chunk(
-                            rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens
-                        )
-                    )
+                usage = protocol.usage_chunk(
+                    rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens
                 )
+                tail.append(sse({**usage, "service_tier": self.band}))
             tail.append(DONE)
             status = "ok"  # before the last write: a client that leaves now has had its whole answer
             yield b"".join(tail)

@@ -102,6 +102,22 @@ class Delta:
     tokens: int = 0
     prompt_tokens: int | None = None  # set on the last delta when the engine reports exact usage
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # of prompt_tokens, served from the engine's prefix cache
+    # the engine's own measure of the seconds it spent on this request (its prefill plus its part of every
+    # decode step), on the last delta; the fair scheduler's cost model (cost = "engine") fits alpha and beta
+    # from it, and from the request's processor-sharing part of the busy time when an engine leaves it None
+    engine_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What one replica says of its own load (an upstream's /metrics): sizes the adaptive in-flight budget."""
+
+    waiting: (
+        float  # requests queued inside the engine (vllm:num_requests_waiting, llamacpp:requests_deferred)
+    )
+    running: float | None = None  # requests it is generating for
+    kv_usage: float | None = None  # fraction of its KV cache in use, 0-1
 
 
 @dataclass(slots=True)
@@ -125,8 +141,11 @@ class Engine(abc.ABC):
 
     @property
     def concurrency(self) -> int:
-        """Requests one replica runs at once: the model's ``max_concurrency``, else the engine's own default."""
-        return self.config.max_concurrency or 1
+        """Requests one replica runs at once: the model's ``max_concurrency``, else the engine's own default; with
+        ``"auto"``, the adaptive budget's starting value (its minimum)."""
+        if self.config.adaptive:
+            return self.config.concurrency_min
+        return int(self.config.max_concurrency or 1)
 
     @property
     def capacity(self) -> int:
@@ -158,6 +177,13 @@ class Engine(abc.ABC):
     def inflight(self) -> list[int] | None:
         """Requests in flight per replica, for engines that pick replicas themselves; None: the dispatcher knows."""
         return None
+
+    async def load(self) -> list[EngineLoad | None]:
+        """Each replica's own report of its load (None where it gives none); empty for engines that have none."""
+        return []
+
+    def set_budgets(self, budgets: list[int]) -> None:
+        """The in-flight budget of each replica (adaptive budget): engines that route should fill by room."""
 
     @abc.abstractmethod
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:

@@ -6,6 +6,10 @@ checks bring it back. Streams are relayed chunk by chunk as they arrive, over a 
 
 The HTTP client is aiohttp: on this path httpx cost about 1 ms of CPU per request (most of it scanning its
 connection pool), aiohttp about 75 µs — see docs/benchmarks.md, "Gateway overhead".
+
+``load`` reads each replica's Prometheus ``/metrics`` (vLLM, SGLang, llama-server ``--metrics``) for the
+adaptive in-flight budget (``max_concurrency = "auto"``, ``scheduling/budget.py``); with budgets set, a
+request goes to the healthy replica with the most room left under its budget.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from aiplus.engines.base import (
     Embeddings,
     Engine,
     EngineError,
+    EngineLoad,
     GenerationRequest,
     UpstreamError,
     UpstreamTimeout,
     estimate_tokens,
 )
+from aiplus.engines.load import cached_tokens, metrics_url, parse_load
 from aiplus.engines.reported_usage import PER_MESSAGE_TOKENS as PER_INPUT_TOKENS
 from aiplus.engines.reported_usage import UsageBounds
 
@@ -127,7 +133,9 @@ class UpstreamEngine(Engine):
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._model_name = config.upstream_model or config.id
-        self._pool_size = self.concurrency * len(self._replicas) + 8
+        self._budgets = [0] * len(self._replicas)  # adaptive budgets (0: none set, fewest outstanding first)
+        per_replica = config.concurrency_max if config.adaptive else self.concurrency
+        self._pool_size = max(per_replica, 1) * len(self._replicas) + 8
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
 
@@ -182,8 +190,27 @@ class UpstreamEngine(Engine):
             await self._check_all()
 
     def _order(self) -> list[Replica]:
-        """Replicas to try, best first: healthy before down, fewest outstanding first."""
-        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding))
+        """Replicas to try, best first: healthy before down, most room under the budget (else fewest
+        outstanding) first."""
+        budgets = self._budgets
+        return sorted(self._replicas, key=lambda r: (not r.healthy, r.outstanding - budgets[r.index]))
+
+    def set_budgets(self, budgets: list[int]) -> None:
+        self._budgets[: len(budgets)] = budgets[: len(self._budgets)]
+
+    async def _load(self, replica: Replica) -> EngineLoad | None:
+        try:
+            async with self._session.get(
+                metrics_url(replica.url), timeout=aiohttp.ClientTimeout(total=3.0)
+            ) as r:
+                if r.status != 200:
+                    return None
+                return parse_load(await r.text())
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            return None
+
+    async def load(self) -> list[EngineLoad | None]:
+        return list(await asyncio.gather(*(self._load(r) for r in self._replicas)))
 
     async def count_prompt_tokens(self, request: GenerationRequest) -> int:
         if request.kind == "completion":
@@ -390,6 +417,7 @@ class UpstreamEngine(Engine):
             text, reasoning, tool_calls = choice.get("text") or "", "", None
         prompt, completion = bounds.usage(body.get("usage"))
         return Delta(
+            cached_tokens=cached_tokens(body.get("usage"), prompt),
             text=text,
             reasoning=reasoning,
             tool_calls=tool_calls,
@@ -454,7 +482,13 @@ class UpstreamEngine(Engine):
         usage = chunk.get("usage")
         if usage:
             prompt, completion = bounds.usage(usage)
-            batch.append(Delta(prompt_tokens=prompt, completion_tokens=completion))
+            batch.append(
+                Delta(
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cached_tokens=cached_tokens(usage, prompt),
+                )
+            )
 
     async def embed(self, inputs: list[str], request_id: str) -> Embeddings:
         body = orjson.dumps({"model": self._model_name, "input": inputs})

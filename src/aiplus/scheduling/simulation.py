@@ -5,6 +5,10 @@ KV memory, so every request the queue dispatches joins the batch at the next adm
 ``admit_every`` decode steps, or at once when the engine is idle), as in lightllm and vLLM's routers.
 Those engines admit strictly in order (a head that does not fit stops admission), hence ``max_bypass=0``
 by default; other values study the live dispatcher's bounded backfill.
+
+``cost="engine"`` fits the live ``CostModel`` from every engine step (prefill tokens, decode tokens, seconds)
+and charges with it, as the server does from finished requests. Each org's engine time is also measured
+directly: a step's prefill part goes to the sequences it prefilled, the rest is split evenly over the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from aiplus.engines.simulated import DEFAULT_KV_TOKENS, DEFAULT_MAX_BATCH, BatchModel, StepCost
 from aiplus.scheduling.clock import VirtualClock
+from aiplus.scheduling.cost import CostModel
 from aiplus.scheduling.fair_queue import FairQueue
 
 
@@ -27,6 +32,7 @@ class SimRequest:
     org: str
     prompt_tokens: int
     output_tokens: int
+    band: str = "default"
 
 
 @dataclass
@@ -52,8 +58,13 @@ class SimResult:
     finish: np.ndarray  # NaN: unfinished
     rejected: np.ndarray  # bool: left the queue on timeout
     times: np.ndarray  # sample times (after each step)
-    service: np.ndarray  # [sample, org]: (w_in * prompt + w_out * output) / weight, cumulative
+    service: np.ndarray  # [sample, org]: what the counter charged / weight, cumulative
+    engine: np.ndarray  # [sample, org]: engine seconds spent on the org's requests, cumulative
     backlogged: np.ndarray  # [sample, org]: had queued requests
+    band: np.ndarray  # per request: its band
+    cost: str = "tokens"
+    alpha: float = 0.0  # the cost model's final values (cost="engine")
+    beta: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -70,9 +81,11 @@ class SimResult:
         return int(self.rejected.sum())
 
     def bound(self) -> float:
-        """The VTC guarantee for two backlogged orgs: ``2 * max(w_in * L_in, w_out * M)`` (per unit weight)."""
+        """The VTC guarantee for two backlogged orgs: ``2 * max(w_in * L_in, w_out * M)`` (per unit weight),
+        in the counter's units (tokens, or engine seconds with the final alpha and beta)."""
         longest = int(self.prompt.max()) if len(self.prompt) else 0
-        return 2 * max(self.w_in * longest, self.w_out * self.kv_tokens) / float(self.weights.min())
+        w_in, w_out = (self.alpha, self.beta) if self.cost == "engine" else (self.w_in, self.w_out)
+        return 2 * max(w_in * longest, w_out * self.kv_tokens) / float(self.weights.min())
 
     def max_service_difference(self) -> float:
         """Largest ``|ΔW_f - ΔW_g|`` over any interval in which orgs f and g were both backlogged."""
@@ -110,12 +123,16 @@ class SimResult:
             values.append(float(got.sum() ** 2 / (len(got) * (got**2).sum())))
         return values
 
-    def shares(self, start: float = 0.0, stop: float | None = None) -> dict[str, float]:
-        """Each org's fraction of the service (unweighted: w_in*prompt + w_out*output) in [start, stop]."""
+    def shares(self, start: float = 0.0, stop: float | None = None, engine: bool = False) -> dict[str, float]:
+        """Each org's fraction of the service in [start, stop]: what its counter was charged (unweighted),
+        or with ``engine`` the engine time its requests took."""
         stop = self.end if stop is None else stop
-        lo = _at(self.times, self.service, start)
-        hi = _at(self.times, self.service, stop)
-        got = (hi - lo) * self.weights
+        if engine:
+            got = _at(self.times, self.engine, stop) - _at(self.times, self.engine, start)
+        else:
+            lo = _at(self.times, self.service, start)
+            hi = _at(self.times, self.service, stop)
+            got = (hi - lo) * self.weights
         total = got.sum()
         return {org: float(v / total) if total else 0.0 for org, v in zip(self.orgs, got, strict=True)}
 
@@ -124,6 +141,16 @@ class SimResult:
         demand = np.bincount(self.org_of, weights=self.prompt + self.output, minlength=len(self.orgs))
         order = np.argsort(demand, kind="stable")
         return [self.orgs[i] for i in order[: max(1, len(self.orgs) // 2)]]
+
+    def band_shares(self) -> dict[str, float]:
+        """Each band's fraction of the engine time over the run."""
+        total = self.engine[-1].sum() if len(self.times) else 0.0
+        per_org = self.engine[-1] if len(self.times) else np.zeros(len(self.orgs))
+        out: dict[str, float] = {}
+        for i in range(len(self.orgs)):
+            band = str(self.band[self.org_of == i][0]) if (self.org_of == i).any() else "default"
+            out[band] = out.get(band, 0.0) + float(per_org[i] / total if total else 0.0)
+        return out
 
     def ttft(self, orgs: Iterable[str] | None = None) -> np.ndarray:
         """Time to first token of the requests of ``orgs`` that were not rejected; a request still waiting
@@ -161,8 +188,12 @@ def simulate(
     horizon: float | None = None,
     queue_timeout_s: float | None = None,
     max_bypass: int = 0,
+    cost_model: str = "tokens",
+    band_floors: Mapping[str, float] | None = None,
 ) -> SimResult:
-    """Run ``requests`` through a FairQueue and a BatchModel; stop at ``horizon`` or when all are done."""
+    """Run ``requests`` through a FairQueue and a BatchModel; stop at ``horizon`` or when all are done.
+
+    An org's requests all carry the band of its first request (bands are per org in these workloads)."""
     reqs = sorted(requests, key=lambda r: r.arrival)
     weights = dict(weights or {})
     orgs = list(dict.fromkeys(r.org for r in reqs))
@@ -175,16 +206,26 @@ def simulate(
     rejected = [False] * n
 
     clock = VirtualClock()
+    fitted = CostModel() if cost_model == "engine" else None
     queue = FairQueue(
-        max_batch, policy=policy, w_in=w_in, w_out=w_out, max_inflight_tokens=kv_tokens, max_bypass=max_bypass
+        max_batch,
+        policy=policy,
+        w_in=w_in,
+        w_out=w_out,
+        max_inflight_tokens=kv_tokens,
+        max_bypass=max_bypass,
+        cost=fitted,
+        band_floors=dict(band_floors) if band_floors else None,
     )
     model = BatchModel(kv_tokens=kv_tokens, max_batch=max_batch, cost=cost)
+    per_prefill_token = model.cost.c
     queued = [0] * len(orgs)
     service = [0.0] * len(orgs)
-    out_charge = [w_out / weights.get(org, 1.0) for org in orgs]
+    engine = [0.0] * len(orgs)
     deadlines: deque = deque()
     times: list[float] = []
     service_rows: list[list[float]] = []
+    engine_rows: list[list[float]] = []
     backlog_rows: list[list[bool]] = []
     tokens = prompt_done = 0
     busy = kv_token_s = 0.0
@@ -198,7 +239,13 @@ def simulate(
             r = reqs[nxt]
             o = index[r.org]
             ticket = queue.submit(
-                r.org, float(weight[o]), r.prompt_tokens, r.output_tokens, now=r.arrival, payload=nxt
+                r.org,
+                float(weight[o]),
+                r.prompt_tokens,
+                r.output_tokens,
+                band=r.band,
+                now=r.arrival,
+                payload=nxt,
             )
             queued[o] += 1
             if queue_timeout_s is not None:
@@ -213,7 +260,7 @@ def simulate(
             while (ticket := queue.dispatch(now)) is not None:
                 o = index[ticket.org_id]
                 queued[o] -= 1
-                service[o] += ticket.prompt_tokens * ticket.in_rate
+                service[o] += ticket.prompt_charge / ticket.weight
                 model.admit(ticket, ticket.prompt_tokens, ticket.max_tokens)
         if not len(model):
             if nxt >= n:
@@ -226,20 +273,30 @@ def simulate(
         kv_token_s += reserved * seconds
         steps += 1
         now = clock.advance(seconds)
+        prefilled = 0
+        for ticket in produced:
+            if first[ticket.payload] != first[ticket.payload]:  # NaN: this was the prefill step
+                prefilled += ticket.prompt_tokens
+        shared = (seconds - per_prefill_token * prefilled) / len(produced)
         for ticket in produced:
             queue.output(ticket, 1)
             i = ticket.payload
             o = org_of[i]
-            service[o] += out_charge[o]
-            if first[i] != first[i]:  # NaN: this was the prefill step
+            service[o] += ticket.out_rate
+            engine[o] += shared
+            if first[i] != first[i]:
                 first[i] = now
                 prompt_done += ticket.prompt_tokens
+                engine[o] += per_prefill_token * ticket.prompt_tokens
+        if fitted is not None:
+            fitted.observe(prefilled, len(produced), seconds)
         tokens += len(produced)
         for ticket in finished:
             queue.finish(ticket)
             finish[ticket.payload] = now
         times.append(now)
         service_rows.append(service[:])
+        engine_rows.append(engine[:])
         backlog_rows.append([q > 0 for q in queued])
 
     end = horizon if horizon is not None else (max((f for f in finish if f == f), default=0.0))
@@ -264,5 +321,10 @@ def simulate(
         rejected=np.array(rejected, dtype=bool),
         times=np.array(times),
         service=np.array(service_rows).reshape(len(times), len(orgs)),
+        engine=np.array(engine_rows).reshape(len(times), len(orgs)),
         backlogged=np.array(backlog_rows, dtype=bool).reshape(len(times), len(orgs)),
+        band=np.array([r.band for r in reqs]),
+        cost=cost_model,
+        alpha=fitted.alpha if fitted else w_in,
+        beta=fitted.beta if fitted else w_out,
     )

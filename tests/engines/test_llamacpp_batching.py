@@ -155,3 +155,36 @@ def test_a_cancelled_sequence_frees_its_slot_while_the_others_run():
     alone, batched, running, capacity = asyncio.run(run())
     assert batched == alone
     assert running == 0 and capacity == 4
+
+
+def test_each_request_reports_its_share_of_the_engine_time():
+    """The decoder times its decodes and charges each sequence its rows' share (the cost model's engine time,
+    issue 17): every finished request reports a positive time, and the shares of requests decoded together never
+    add up to more than the time they took, since one thread decodes them all."""
+    engine = LlamaCppEngine(ModelConfig(id="m", max_concurrency=4, context_length=2048))
+
+    def request(i: int) -> GenerationRequest:
+        return GenerationRequest(
+            request_id=str(i),
+            model="m",
+            kind="chat",
+            messages=[{"role": "user", "content": PROMPTS[i]}],
+            max_tokens=16,
+            temperature=0,
+        )
+
+    async def engine_time(gen: GenerationRequest) -> float | None:
+        return [d.engine_s async for d in engine.generate(gen) if d.engine_s is not None][-1]
+
+    async def run() -> tuple[list[float | None], float]:
+        await engine.start()
+        try:
+            started = asyncio.get_running_loop().time()
+            times = await asyncio.gather(*(engine_time(request(i)) for i in range(3)))
+            return times, asyncio.get_running_loop().time() - started
+        finally:
+            await engine.close()
+
+    times, wall = asyncio.run(run())
+    assert all(t is not None and t > 0 for t in times)
+    assert sum(times) <= wall

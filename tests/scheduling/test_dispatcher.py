@@ -210,3 +210,24 @@ def test_acquire_nowait_serves_only_when_nobody_waits():
         assert d.queue.in_flight == 0 and d.queue.queued == 0
 
     asyncio.run(scenario())
+
+
+def test_the_cost_model_fits_the_engines_own_time_when_the_engine_reports_it():
+    """A lease's engine_s (the embedded engine's share of its decode steps) is what the fit learns from, not the
+    time the lease was held: here each output token takes 10 ms of engine time by the engine's report, while
+    the leases are held a few milliseconds."""
+    from aiplus.scheduling.cost import CostModel
+
+    async def run() -> CostModel:
+        cost = CostModel(alpha=0.0001, beta=0.001, smooth=1.0)
+        dispatcher = Dispatcher(model_id(), 1, cost=cost)
+        for prompt, output in [(10, 5), (200, 40), (50, 20), (400, 10), (30, 60)] * 4:
+            lease = await dispatcher.acquire("a", 1.0, prompt, output)
+            lease.output(output)
+            lease.engine_report(None, 0.0002 * prompt + 0.01 * output)
+            lease.release()
+        return cost
+
+    cost = asyncio.run(run())
+    assert cost.beta == pytest.approx(0.01, rel=0.05)
+    assert cost.alpha == pytest.approx(0.0002, rel=0.25)

@@ -304,7 +304,9 @@ class LlamaCppEngine(Engine):
                 yield Delta(text=event.text, tokens=event.tokens, finish_reason=event.finish_reason)
                 if event.finish_reason:
                     break
-            yield Delta(prompt_tokens=len(tokens), completion_tokens=event.completion_tokens)
+            yield Delta(
+                prompt_tokens=len(tokens), completion_tokens=event.completion_tokens, engine_s=event.engine_s
+            )
         finally:
             if not sequence.done:
                 self._decoder.cancel(sequence)

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Event:
     finish_reason: str | None = None
     error: str | None = None
     completion_tokens: int = 0  # total so far
+    engine_s: float = 0.0  # the sequence's share of the decode steps' time so far (see ``Decoder._decode``)
 
 
 class Sequence:
@@ -81,6 +83,7 @@ class Sequence:
         self.next_token: int | None = None  # sampled, not yet decoded
         self.next_pos = 0  # its position in the sequence
         self.generated = 0
+        self.engine_s = 0.0
         self.cancelled = False
         self.done = False
         self._reported = 0
@@ -109,7 +112,13 @@ class Sequence:
 
     def _event(self, text: str, finish: str | None = None) -> Event:
         n, self._reported = self.generated - self._reported, self.generated
-        return Event(text=text, tokens=n, finish_reason=finish, completion_tokens=self.generated)
+        return Event(
+            text=text,
+            tokens=n,
+            finish_reason=finish,
+            completion_tokens=self.generated,
+            engine_s=self.engine_s,
+        )
 
     def _finish(self, reason: str, text: str | None = None) -> Event:
         self.done = True
@@ -237,7 +246,11 @@ class Decoder:
                 return
 
     def _decode(self, rows: list[tuple[Sequence, int, int, bool]]) -> bool:
-        """Decode ``rows`` (sequence, token, position, wants logits) and sample where logits were asked for."""
+        """Decode ``rows`` (sequence, token, position, wants logits) and sample where logits were asked for.
+
+        The decode's time is charged to its sequences by their rows (a prompt chunk to its sequence, a generation
+        step evenly over the sequences in it): the engine time the fair scheduler's cost model fits (issue 17).
+        """
         batch = self.batch
         for i, (sequence, token, pos, logits) in enumerate(rows):
             batch.token[i] = token
@@ -246,7 +259,12 @@ class Decoder:
             batch.seq_id[i][0] = sequence.slot
             batch.logits[i] = logits
         batch.n_tokens = len(rows)
-        if lib.llama_decode(self.ctx, batch) != 0:
+        started = time.perf_counter()
+        failed = lib.llama_decode(self.ctx, batch) != 0
+        per_row = (time.perf_counter() - started) / len(rows)
+        for sequence, *_ in rows:
+            sequence.engine_s += per_row
+        if failed:
             for sequence in list(self._running):  # a failed decode leaves the cache undefined: start over
                 self._release(sequence, Event(error="llama.cpp could not decode the batch"))
             lib.llama_memory_clear(self.memory, True)

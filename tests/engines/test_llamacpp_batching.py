@@ -15,6 +15,7 @@ import pytest
 from aiplus.config import ModelConfig
 from aiplus.engines.base import GenerationRequest
 from aiplus.engines.llamacpp import LlamaCppEngine
+from aiplus.engines.llamacpp_decoder import choose_slot, lib
 from tests.conftest import DEFAULT_MODEL
 
 PROMPTS = [
@@ -188,3 +189,92 @@ def test_each_request_reports_its_share_of_the_engine_time():
     times, wall = asyncio.run(run())
     assert all(t is not None and t > 0 for t in times)
     assert sum(times) <= wall
+
+
+def test_a_shared_prompt_prefix_is_reused_and_the_seeded_text_stays_the_same():
+    """A slot keeps its last prompt's KV: the next request sharing a prefix (the chat template's head, a system
+    prompt, the same question) skips it and says so in ``cached_tokens``, and its seeded text is the one a fresh
+    engine gives. The long system prompt makes the prompt cross a chunk boundary (n_batch = 512)."""
+    system = "You are a careful assistant for a clinic. " * 60
+
+    def request(i: int, content: str) -> GenerationRequest:
+        return GenerationRequest(
+            request_id=str(i),
+            model="m",
+            kind="chat",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": content}],
+            max_tokens=16,
+            temperature=1.0,
+            seed=11,
+        )
+
+    async def answers(requests: list[GenerationRequest]) -> list[tuple[str, int | None]]:
+        engine = LlamaCppEngine(ModelConfig(id="m", max_concurrency=2, context_length=2048))
+        await engine.start()
+        try:
+            out = []
+            for gen in requests:
+                deltas = [d async for d in engine.generate(gen)]
+                out.append(("".join(d.text for d in deltas), deltas[-1].cached_tokens))
+            return out
+        finally:
+            await engine.close()
+
+    first, second = request(1, PROMPTS[1]), request(2, PROMPTS[2])
+    fresh = asyncio.run(answers([first])) + asyncio.run(answers([second]))
+    reused = asyncio.run(answers([first, second, second]))
+    assert [text for text, _ in reused] == [fresh[0][0], fresh[1][0], fresh[1][0]]
+    assert fresh[0][1] == fresh[1][1] == reused[0][1] == 0
+    assert reused[1][1] > 500  # the template's head and the system prompt
+    assert reused[2][1] > reused[1][1]  # the whole prompt but its end: the same question again
+
+
+def test_a_new_sequence_keeps_the_running_slots_consecutive_then_reuses_the_longest_prefix():
+    """llama.cpp computes each run of consecutive sequence ids of a step apart (one KV stream per sequence), so
+    filling a gap beats a longer kept prefix elsewhere; among equals, the longest prefix wins."""
+    kept = [[], [1, 2, 3], [], [1, 2, 3, 4, 5], [1, 2], []]
+    assert choose_slot([1, 4, 5], {0, 2, 3}, kept, [1, 2, 3, 4, 5, 6]) == 1  # fills the gap
+    assert choose_slot([3, 4, 5], {0, 1, 2}, kept, [1, 2, 3, 4, 5, 6]) == 3  # extends the run
+    assert (
+        choose_slot([0, 1, 2, 3, 4, 5], set(), kept, [1, 2, 3, 4, 5, 6]) == 3
+    )  # nothing runs: longest prefix
+    assert choose_slot([0, 2, 5], set(), kept, [9]) == 0  # nothing shared: the lowest id
+
+
+def test_each_step_decodes_the_running_sequences_in_slot_order():
+    """Sequences that joined in any order are decoded in increasing slot order, one pass for consecutive slots."""
+    engine = LlamaCppEngine(ModelConfig(id="m", max_concurrency=4, context_length=2048))
+    steps: list[list[int]] = []
+    decode = lib.llama_decode
+
+    def recording(ctx, batch):
+        steps.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return decode(ctx, batch)
+
+    def request(i: int, max_tokens: int) -> GenerationRequest:
+        messages = [{"role": "user", "content": PROMPTS[i]}]
+        return GenerationRequest(
+            request_id=str(i), model="m", kind="chat", messages=messages, max_tokens=max_tokens, temperature=0
+        )
+
+    async def run() -> None:
+        await engine.start()
+        try:
+
+            async def text(i: int, max_tokens: int, delay: float) -> str:
+                await asyncio.sleep(delay)
+                return "".join([d.text async for d in engine.generate(request(i, max_tokens))])
+
+            # different lengths and arrival times: slots free up and are taken again while others run
+            await asyncio.gather(*(text(i, 6 + 5 * i, 0.02 * i) for i in range(6)))
+        finally:
+            await engine.close()
+
+    lib.llama_decode = recording
+    try:
+        asyncio.run(run())
+    finally:
+        lib.llama_decode = decode
+    generation = [ids for ids in steps if len(set(ids)) == len(ids) > 1]  # one token for each of several
+    assert generation and all(ids == sorted(ids) for ids in generation)
+    assert any(len(ids) == 4 for ids in generation)

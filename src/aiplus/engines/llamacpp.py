@@ -305,7 +305,10 @@ class LlamaCppEngine(Engine):
                 if event.finish_reason:
                     break
             yield Delta(
-                prompt_tokens=len(tokens), completion_tokens=event.completion_tokens, engine_s=event.engine_s
+                prompt_tokens=len(tokens),
+                completion_tokens=event.completion_tokens,
+                cached_tokens=sequence.cached,
+                engine_s=event.engine_s,
             )
         finally:
             if not sequence.done:

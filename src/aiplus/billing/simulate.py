@@ -33,12 +33,19 @@ def simulate(conn: sa.Connection, text: str, month: str, tiers, config: BillingC
     u = usage_tou.c
     cells: dict[str, list[Cell]] = {}
     query = sa.select(
-        u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
+        u.org_id,
+        u.version_id,
+        u.model,
+        u.band,
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.cost_micros,
+        u.service_tier,
     ).where(u.month == month)
-    for org, version_id, model, band, prompt, completion, cost in conn.execute(query):
+    for org, version_id, model, band, prompt, completion, cost, service_tier in conn.execute(query):
         proposed_band = band_of.get((version_id, band), band)
         cells.setdefault(org, []).append(
-            Cell(PROPOSED, model, proposed_band, int(prompt), int(completion), int(cost))
+            Cell(PROPOSED, model, proposed_band, int(prompt), int(completion), int(cost), service_tier)
         )
     current = statements(conn, month)
     proposed_docs, rows = [], []

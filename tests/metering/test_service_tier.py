@@ -133,6 +133,10 @@ def test_a_flex_request_lands_in_the_ledger_as_flex(tmp_path, database):
         assert by_tier["flex"]["completion_tokens"] > 0
         r = httpx.get(f"{server.v1}/usage", params={"service_tier": "flex"}, headers=auth, timeout=30)
         assert r.json()["totals"]["requests"] == 1 and "totals_by_service_tier" not in r.json()
+        r = httpx.get(f"{server.v1}/usage", params={"service_tier": ""}, headers=auth, timeout=30)
+        assert r.json()["totals"]["requests"] == 4  # an empty filter is no filter
+        r = httpx.get(f"{server.v1}/usage", params={"by_service_tier": "maybe"}, headers=auth, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "by_service_tier"
         r = httpx.get(f"{server.v1}/usage", params={"service_tier": "gold"}, headers=auth, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == "service_tier"
     finally:

@@ -204,6 +204,7 @@ async def delete_key(key_id: str, request: Request) -> Response:
 def _usage_params(
     start: str | None, end: str | None, group_by: str, service_tier: str | None, by_service_tier: bool
 ) -> dict:
+    service_tier = service_tier or None  # an empty filter is no filter, as for the others
     if service_tier is not None and service_tier not in SERVICE_TIERS:
         raise APIError(
             400,

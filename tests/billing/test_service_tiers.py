@@ -54,6 +54,16 @@ def _usage(db):
     )
 
 
+def _priority_and_flex(db):
+    """A shop (standard tier, no subsidy): 1M input tokens in priority; 1M input, 0.5M output in flex."""
+    add_org(db, "shop", "standard", "trade")
+    write(
+        db,
+        tiered(event("p", "shop", utc(2026, 11, 3, 1), prompt=1_000_000), "priority"),
+        tiered(event("f", "shop", utc(2026, 11, 3, 1), prompt=1_000_000, completion=500_000), "flex"),
+    )
+
+
 def test_multipliers_parse_into_basis_points():
     tariff = parse_tariff(tariff_text() + MULTIPLIERS, TIERS)
     assert tariff.service_tier_bp == {"flex": 5_000, "priority": 15_000}
@@ -167,12 +177,7 @@ def test_exact_amounts_in_one_block(db):
 
 def test_a_tariff_without_multipliers_bills_service_tiers_as_one_line(db):
     adopt(db, tariff_text(), date(2026, 11, 1))
-    add_org(db, "shop", "standard", "trade")
-    write(
-        db,
-        tiered(event("p", "shop", utc(2026, 11, 3, 1), prompt=1_000_000), "priority"),
-        tiered(event("f", "shop", utc(2026, 11, 3, 1), prompt=1_000_000, completion=500_000), "flex"),
-    )
+    _priority_and_flex(db)
     with db.connect() as conn:
         doc = statement(conn, "2026-11", "shop")
     assert _lines(doc) == [("b1", "", 10_000, 2_000_000, 3_000_000)]
@@ -184,12 +189,7 @@ def test_a_tariff_without_multipliers_bills_service_tiers_as_one_line(db):
 
 def test_a_proposal_with_multipliers_reprices_a_recorded_month(db):
     adopt(db, tariff_text(), date(2026, 11, 1))
-    add_org(db, "shop", "standard", "trade")
-    write(
-        db,
-        tiered(event("p", "shop", utc(2026, 11, 3, 1), prompt=1_000_000), "priority"),
-        tiered(event("f", "shop", utc(2026, 11, 3, 1), prompt=1_000_000, completion=500_000), "flex"),
-    )
+    _priority_and_flex(db)
     with db.connect() as conn:
         sim = simulate(conn, tariff_text() + MULTIPLIERS, "2026-11", TIERS, BillingConfig())
     (row,) = [r for r in sim["organizations"] if r["org_id"] == "shop"]

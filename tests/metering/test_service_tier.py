@@ -14,9 +14,7 @@ import sqlalchemy as sa
 
 from aiplus.metering.events import UsageEvent, write_events
 from aiplus.metering.usage import query_usage, totals_by_service_tier
-from aiplus.storage.db import create_engine
 from aiplus.storage.tables import usage_daily, usage_events, usage_tou
-from aiplus.storage.testing import scratch_database
 from tests.conftest import DEFAULT_MODEL, start_server
 
 AT = datetime(2026, 11, 3, 9, tzinfo=UTC)
@@ -70,18 +68,6 @@ def test_events_carry_a_known_service_tier():
     assert row["service_tier"] == "flex"
     del row["service_tier"]  # a journal line written before service tiers existed
     assert UsageEvent.from_row(row).service_tier == "default"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    """(env for the server, engine to read its ledger)."""
-    if request.param == "postgresql":
-        with scratch_database("postgresql", tmp_path) as (engine, url):
-            yield {"AIPLUS_DATABASE_URL": url}, engine
-        return
-    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'aiplus.db'}")
-    yield {}, engine
-    engine.dispose()
 
 
 def _ledger(engine, ids: set[str], timeout: float = 20.0) -> dict[str, tuple[str, str]]:

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from aiplus.billing.funding import Funds, Member, Payment, Piece, allocate, split
 from aiplus.billing.months import first_day, next_month, prev_month
-from aiplus.billing.pricing import Cell, price_month
+from aiplus.billing.pricing import CELL_COLUMNS, Cell, price_month
 from aiplus.billing.programmes import load_programmes, load_vouchers
 from aiplus.billing.tariff import Tariff
 from aiplus.metering.tou import NO_TARIFF, Calendar, as_utc
@@ -138,16 +138,9 @@ class Funder:
         u = usage_tou.c
         cells: dict[str, list[Cell]] = defaultdict(list)
         for i in range(0, len(holders), _CHUNK):
-            query = sa.select(
-                u.org_id,
-                u.version_id,
-                u.model,
-                u.band,
-                u.prompt_tokens,
-                u.completion_tokens,
-                u.cost_micros,
-                u.service_tier,
-            ).where(u.month == month, u.org_id.in_(holders[i : i + _CHUNK]))
+            query = sa.select(u.org_id, *CELL_COLUMNS).where(
+                u.month == month, u.org_id.in_(holders[i : i + _CHUNK])
+            )
             for row in self.conn.execute(query):
                 cells[row[0]].append(Cell(*row[1:]))
         if not cells:

@@ -26,6 +26,7 @@ from typing import NamedTuple
 from aiplus.billing.tariff import BP, Tariff
 from aiplus.config import SERVICE_TIERS
 from aiplus.metering.tou import NO_TARIFF
+from aiplus.storage.tables import usage_tou
 
 MTOK = 1_000_000
 _TIER_RANK = {name: i for i, name in enumerate(SERVICE_TIERS)}
@@ -42,6 +43,9 @@ class Cell(NamedTuple):
     completion_tokens: int
     cost_micros: int  # the list price metered with the events (used only where no tariff was in force)
     service_tier: str = "default"  # priority, default, flex; "" once merged (a version pricing them alike)
+
+
+CELL_COLUMNS = tuple(usage_tou.c[name] for name in Cell._fields)  # a Cell is a rollup row, in its field order
 
 
 @dataclass

@@ -21,7 +21,7 @@ from aiplus.billing.disbursement import Funder, vouchers_section, write_off
 from aiplus.billing.errors import BillingError, Conflict, NotFound
 from aiplus.billing.locks import serialize
 from aiplus.billing.months import month_end, next_month, parse_month, prev_month
-from aiplus.billing.pricing import Cell, Priced, price_month
+from aiplus.billing.pricing import CELL_COLUMNS, Cell, Priced, price_month
 from aiplus.billing.tariff import Tariff
 from aiplus.billing.versions import load_tariff, load_versions, tariff_for_month
 from aiplus.config import SERVICE_TIERS
@@ -167,16 +167,7 @@ def _orgs(conn: sa.Connection, org_id: str | None) -> list[OrgInfo]:
 def _cells(conn: sa.Connection, month: str, org_id: str | None) -> dict[str, list[Cell]]:
     """The month's rollup rows per organization (ordered by org only to group them; pricing sorts the cells)."""
     u = usage_tou.c
-    query = sa.select(
-        u.org_id,
-        u.version_id,
-        u.model,
-        u.band,
-        u.prompt_tokens,
-        u.completion_tokens,
-        u.cost_micros,
-        u.service_tier,
-    )
+    query = sa.select(u.org_id, *CELL_COLUMNS)
     query = query.where(u.month == month).order_by(u.org_id)
     if org_id is not None:
         query = query.where(u.org_id == org_id)

@@ -28,6 +28,10 @@ SECTORS = (
     "other",
 )
 
+# OpenAI's ``service_tier`` values a request is served (and metered and priced) in, highest band first; the
+# request value ``auto`` is served as ``default``.
+SERVICE_TIERS = ("priority", "default", "flex")
+
 ENGINE_KINDS = ("llamacpp", "openai", "simulated")
 REVOCATION_MODES = ("strict", "pubsub")
 REASONING_KINDS = (None, "deepseek-r1")
@@ -331,7 +335,7 @@ def load_settings(
             "two floors must add up to less than 1"
         )
     for tier in tiers:
-        if tier.service_tier not in ("priority", "default", "flex"):
+        if tier.service_tier not in SERVICE_TIERS:
             raise ConfigError(
                 f"[tiers.{tier.name}]: service_tier must be 'priority', 'default' or 'flex', "
                 f"not {tier.service_tier!r}"

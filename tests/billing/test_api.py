@@ -27,12 +27,17 @@ def server(tmp_path_factory):
     server.stop()
 
 
-def _chat(server, key: str, n: int = 1) -> None:
+def _chat(server, key: str, n: int = 1, **extra) -> None:
     for _ in range(n):
         r = httpx.post(
             f"{server.v1}/chat/completions",
             headers={"authorization": f"Bearer {key}"},
-            json={"model": "sim", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16},
+            json={
+                "model": "sim",
+                "messages": [{"role": "user", "content": "hello there"}],
+                "max_tokens": 16,
+                **extra,
+            },
             timeout=60,
         )
         assert r.status_code == 200, r.text
@@ -62,6 +67,10 @@ def test_statements_balance_and_tariffs_over_http(server):
         bad = example_tariff_text().replace("input_per_mtok = 100000", "input_per_mtok = -1")
         r = admin.post("/admin/tariffs", json={"document": bad, "effective_from": "2099-01-01"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "prices[0].input_per_mtok"
+        bad = example_tariff_text().replace("flex = 0.50", "turbo = 0.50")
+        r = admin.post("/admin/tariffs", json={"document": bad, "effective_from": "2099-01-01"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "service_tier.turbo"
+        assert "unknown service tier 'turbo'" in r.json()["error"]["message"]
         listed = admin.get("/admin/tariffs").json()["data"]
         assert [v["id"] for v in listed] == [version["id"]]
         assert admin.get("/admin/tariffs/current").json()["document"] == example_tariff_text()
@@ -69,16 +78,22 @@ def test_statements_balance_and_tariffs_over_http(server):
     firm = server.new_org("Firm", tier="standard", sector="manufacturing")
     _chat(server, school["key"], 2)
     _chat(server, firm["key"], 3)
+    _chat(server, firm["key"], 1, service_tier="flex")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         mine = _own(server, firm["key"]).json()["data"]
-        if mine and mine[0]["tokens"] and len(mine[0]["lines"]) >= 1:
+        if mine and len(mine[0]["charge_by_service_tier"]) == 2:
             break
         time.sleep(0.2)
     assert [d["org"]["id"] for d in mine] == [firm["org"]["id"]]  # only the caller's own organization
     firm_doc = mine[0]
     assert firm_doc["charge_micros"] > 0 and firm_doc["amount_due_micros"] == firm_doc["charge_micros"]
     assert sum(line["amount_micros"] for line in firm_doc["lines"]) == firm_doc["charge_micros"]
+    # the example tariff prices flex at half: its one request is billed apart from the three default ones
+    by_tier = {p["service_tier"]: p for p in firm_doc["charge_by_service_tier"]}
+    assert list(by_tier) == ["default", "flex"] and 0 < by_tier["flex"]["amount_micros"]
+    flex, default = by_tier["flex"], by_tier["default"]
+    assert flex["amount_micros"] * default["tokens"] < default["amount_micros"] * flex["tokens"]  # per token
     school_doc = _own(server, school["key"]).json()["data"][0]
     assert school_doc["tokens"] > 0 and school_doc["lifeline_tokens"] == school_doc["tokens"]
     assert school_doc["amount_due_micros"] == 0  # inside the lifeline block

@@ -20,6 +20,7 @@ def test_example_tariff_parses_into_integers():
     bands = {b.name: b.multiplier_bp for b in tariff.bands}
     assert bands["peak"] == 3 * bands["valley"]  # the NDRC's 3:1 floor
     assert tariff.subsidy_bp["education"] == 5_000
+    assert tariff.service_tier_table == {"priority": 15_000, "default": 10_000, "flex": 5_000}
     assert tariff.lifeline == {"lifeline": 2_000_000}
     assert len(tariff.sources) >= 3
     assert all(isinstance(v, int) for b in tariff.blocks for v in (b.multiplier_bp,))

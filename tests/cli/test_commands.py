@@ -68,9 +68,21 @@ def test_orgs_keys_and_usage(aiplus_any_db):
     month = datetime.now(UTC).strftime("%Y-%m")
     assert r.code == 0 and re.search(rf"{month}\s.*rural-school\s.*m1\s.*\b100\b.*\b20\b.*1\.500000", r.out)
     assert re.search(r"total\s.*1\.500000", r.out)
+    engine = engine_of(aiplus)
+    with engine.begin() as conn:  # one flex request more
+        event.request_id, event.service_tier, event.cost_micros = "r2", "flex", 700_000
+        write_events(conn, [event])
+    engine.dispose()
+    r = aiplus("usage", "--org", "rural-school", "--by", "month", "--by-service-tier")
+    assert r.code == 0 and "service tier" in r.out
+    assert re.search(r"rural-school\W+m1\W+default\W.*1\.500000", r.out)
+    assert re.search(r"total\W+flex\W.*0\.700000", r.out)
+    assert re.search(r"total[\s│]+2[\s│].*2\.200000", r.out)  # the grand total: no service tier
+    r = aiplus("usage", "--org", "rural-school", "--service-tier", "flex")
+    assert r.code == 0 and re.search(r"total\s.*0\.700000", r.out) and "1.500000" not in r.out
 
     r = aiplus("orgs", "show", "rural-school")
-    assert r.code == 0 and "small" in r.out and "120 of 20000000" in r.out and "1.500000" in r.out
+    assert r.code == 0 and "small" in r.out and "240 of 20000000" in r.out and "2.200000" in r.out
     assert key_id in r.out  # its keys are listed under it
 
     r = aiplus("orgs", "update", "rural-school", "--tier", "standard", "--employees", "300")

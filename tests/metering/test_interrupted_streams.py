@@ -13,12 +13,12 @@ import sqlalchemy as sa
 from aiplus.metering.ledger import Ledger, UsageEvent
 from aiplus.storage.tables import usage_events
 from tests.conftest import start_server
-from tests.metering.test_upstream_usage import database, fake_upstream, ledger_rows  # noqa: F401 - the fixture
+from tests.metering.test_upstream_usage import fake_upstream, ledger_rows
 
 PRICES = '[[prices]]\nmodel = "*"\ninput_per_mtok = 1000000\noutput_per_mtok = 2000000\n'
 
 
-def test_streams_cut_by_kill_9_are_metered_as_interrupted(tmp_path, database):  # noqa: F811
+def test_streams_cut_by_kill_9_are_metered_as_interrupted(tmp_path, database):
     env, engine = database
     with fake_upstream(tmp_path) as url:
         config = (

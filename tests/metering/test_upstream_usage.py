@@ -9,12 +9,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
-from aiplus.storage.db import create_engine
 from aiplus.storage.tables import usage_daily, usage_events
-from aiplus.storage.testing import scratch_database
 from tests.conftest import free_port, start_server, wait_http
 
 FAKE = Path(__file__).parents[1] / "engines" / "faulty_upstream.py"
@@ -35,18 +32,6 @@ def fake_upstream(tmp: Path, *args: str):
     finally:
         proc.kill()
         proc.wait()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request, tmp_path):
-    """(env for the server, engine to read its ledger)."""
-    if request.param == "postgresql":
-        with scratch_database("postgresql", tmp_path) as (engine, url):
-            yield {"AIPLUS_DATABASE_URL": url}, engine
-        return
-    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'aiplus.db'}")
-    yield {}, engine
-    engine.dispose()
 
 
 def ledger_rows(engine, ids: set[str], timeout: float = 15.0) -> dict[str, tuple]:

@@ -18,8 +18,8 @@ from starlette.responses import Response
 
 from aiplus.api.auth import require_admin_dependency, require_principal
 from aiplus.api.errors import APIError, from_tenancy
-from aiplus.config import SECTORS
-from aiplus.metering.usage import parse_day, query_usage, totals
+from aiplus.config import SECTORS, SERVICE_TIERS
+from aiplus.metering.usage import parse_day, query_usage, totals, totals_by_service_tier
 from aiplus.responses.store import storage_by_org
 from aiplus.tenancy import changes
 from aiplus.tenancy.auth import Principal
@@ -201,7 +201,17 @@ async def delete_key(key_id: str, request: Request) -> Response:
     return _json({**key_object(key), "revoked": True})
 
 
-def _usage_params(start: str | None, end: str | None, group_by: str) -> dict:
+def _usage_params(
+    start: str | None, end: str | None, group_by: str, service_tier: str | None, by_service_tier: bool
+) -> dict:
+    service_tier = service_tier or None  # an empty filter is no filter, as for the others
+    if service_tier is not None and service_tier not in SERVICE_TIERS:
+        raise APIError(
+            400,
+            f"service_tier must be one of {', '.join(SERVICE_TIERS)}, not {service_tier!r}",
+            param="service_tier",
+            code="invalid_value",
+        )
     try:
         params = {"start": parse_day(start, "start"), "end": parse_day(end, "end")}
     except ValueError as exc:
@@ -210,12 +220,15 @@ def _usage_params(start: str | None, end: str | None, group_by: str) -> dict:
         ) from None
     if group_by not in ("day", "month"):
         raise APIError(400, "group_by must be 'day' or 'month'", param="group_by", code="invalid_value")
-    return {**params, "group_by": group_by}
+    return {**params, "group_by": group_by, "service_tier": service_tier, "by_service_tier": by_service_tier}
 
 
 async def _usage(request: Request, **filters) -> Response:
     rows = await _db(request, query_usage, **filters)
-    return _json({"object": "list", "data": rows, "totals": totals(rows), "group_by": filters["group_by"]})
+    body = {"object": "list", "data": rows, "totals": totals(rows), "group_by": filters["group_by"]}
+    if filters["by_service_tier"]:
+        body["totals_by_service_tier"] = totals_by_service_tier(rows)
+    return _json(body)
 
 
 @admin.get("/usage", summary="Usage of all organizations, from the daily rollups")
@@ -228,9 +241,15 @@ async def admin_usage(
     start: str | None = Query(None, description="first day, inclusive (UTC), e.g. 2026-11-01"),
     end: str | None = Query(None, description="last day, inclusive (UTC)"),
     group_by: str = Query("day", description="day or month"),
+    service_tier: str | None = Query(
+        None, description="only requests served in it: priority, default or flex"
+    ),
+    by_service_tier: bool = Query(
+        False, description="split rows by service tier; add totals_by_service_tier"
+    ),
 ) -> Response:
     _filters(request, sector, tier)
-    params = _usage_params(start, end, group_by)
+    params = _usage_params(start, end, group_by, service_tier, by_service_tier)
     return await _usage(request, org_id=org_id, model=model, sector=sector, tier=tier, **params)
 
 
@@ -257,8 +276,14 @@ async def own_usage(
     start: str | None = Query(None, description="first day, inclusive (UTC)"),
     end: str | None = Query(None, description="last day, inclusive (UTC)"),
     group_by: str = Query("day", description="day or month"),
+    service_tier: str | None = Query(
+        None, description="only requests served in it: priority, default or flex"
+    ),
+    by_service_tier: bool = Query(
+        False, description="split rows by service tier; add totals_by_service_tier"
+    ),
 ) -> Response:
-    params = _usage_params(start, end, group_by)
+    params = _usage_params(start, end, group_by, service_tier, by_service_tier)
     return await _usage(request, org_id=principal.org_id, model=model, **params)
 
 

@@ -325,6 +325,7 @@ class Call:
             ttft_ms=None if self.first_token is None else int((self.first_token - self.started) * 1000),
             duration_ms=int((time.perf_counter() - self.started) * 1000),
             cost_micros=cost,
+            service_tier=self.band,  # "default" when an invalid service_tier was refused before it was known
         )
 
     def _account(self, delta: Delta) -> None:

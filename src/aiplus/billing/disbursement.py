@@ -1,7 +1,7 @@
 """Vouchers at billing: each month's charges of voucher holders as daily pieces, paid by ``funding.allocate``.
 
 A holder's month is priced exactly as its statement (``price_month``); each cell's charge (version × model ×
-band) is spread over the local days it was drawn on, pro rata by its list value (input and output tokens at
+band × service tier) is spread over the local days it was drawn on, pro rata by its list value (input and output tokens at
 the version's prices), and the month's net charge (after the sector subsidy) over those day × model pieces, by
 largest remainder: the pieces add up to the statement's net charge exactly. Days come from the ledger's events
 of the holders only (the time-of-use rollup has no day), classified by the same ``Calendar`` as the rollup.
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from aiplus.billing.funding import Funds, Member, Payment, Piece, allocate, split
 from aiplus.billing.months import first_day, next_month, prev_month
-from aiplus.billing.pricing import Cell, price_month
+from aiplus.billing.pricing import CELL_COLUMNS, Cell, price_month
 from aiplus.billing.programmes import load_programmes, load_vouchers
 from aiplus.billing.tariff import Tariff
 from aiplus.metering.tou import NO_TARIFF, Calendar, as_utc
@@ -138,9 +138,9 @@ class Funder:
         u = usage_tou.c
         cells: dict[str, list[Cell]] = defaultdict(list)
         for i in range(0, len(holders), _CHUNK):
-            query = sa.select(
-                u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
-            ).where(u.month == month, u.org_id.in_(holders[i : i + _CHUNK]))
+            query = sa.select(u.org_id, *CELL_COLUMNS).where(
+                u.month == month, u.org_id.in_(holders[i : i + _CHUNK])
+            )
             for row in self.conn.execute(query):
                 cells[row[0]].append(Cell(*row[1:]))
         if not cells:
@@ -153,9 +153,10 @@ class Funder:
             priced = price_month(org_cells, self.tariffs, tier, sector)
             gross: dict[tuple[date, str], int] = defaultdict(int)
             tokens: dict[tuple[date, str], int] = defaultdict(int)
-            per_cell: dict[tuple[int, str, str], int] = defaultdict(int)
+            per_cell: dict[tuple[int, str, str, str], int] = defaultdict(int)
             for line in priced.lines:
-                per_cell[(line["version"], line["model"], line["band"])] += line["amount_micros"]
+                key = (line["version"], line["model"], line["band"], line["service_tier"])
+                per_cell[key] += line["amount_micros"]
             for cell, charge in sorted(per_cell.items()):
                 spread = sorted(days.get((org, *cell), {}).items()) or [((first_day(month)), (1, 0))]
                 for (day, _w), amount in zip(
@@ -173,7 +174,8 @@ class Funder:
         return out
 
     def _days(self, month: str, holders: list[str]) -> dict[tuple, dict[date, tuple[int, int]]]:
-        """(org, version, model, band) -> local day -> (list value, tokens), from the holders' events."""
+        """(org, version, model, band, service tier) -> local day -> (list value, tokens), from the holders' events;
+        the service tier is "" where the version prices every tier alike (its statement lines merge them)."""
         calendar = Calendar.load(self.conn)
         lo = datetime.combine(first_day(month) - timedelta(days=1), time(0), UTC)
         hi = datetime.combine(first_day(next_month(month)) + timedelta(days=1), time(0), UTC)
@@ -181,9 +183,15 @@ class Funder:
         out: dict[tuple, dict[date, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
         for i in range(0, len(holders), _CHUNK):
             query = sa.select(
-                e.org_id, e.model, e.started_at, e.prompt_tokens, e.completion_tokens, e.cost_micros
+                e.org_id,
+                e.model,
+                e.started_at,
+                e.prompt_tokens,
+                e.completion_tokens,
+                e.cost_micros,
+                e.service_tier,
             ).where(e.org_id.in_(holders[i : i + _CHUNK]), e.started_at >= lo, e.started_at < hi)
-            for org, model, started, prompt, completion, cost in self.conn.execute(query):
+            for org, model, started, prompt, completion, cost, service_tier in self.conn.execute(query):
                 if prompt + completion <= 0:
                     continue
                 started = as_utc(started)
@@ -192,12 +200,13 @@ class Funder:
                     continue
                 tariff = self.tariffs.get(version)
                 if version == NO_TARIFF or tariff is None:
-                    day, value = started.date(), cost
+                    day, value, service_tier = started.date(), cost, ""
                 else:
+                    service_tier = service_tier if tariff.prices_service_tiers else ""
                     day = started.astimezone(ZoneInfo(tariff.timezone)).date()
                     price_in, price_out = tariff.price_table.get(model, tariff.price_table.get("*", (0, 0)))
                     value = prompt * price_in + completion * price_out
-                acc = out[(org, version, model, band)][day]
+                acc = out[(org, version, model, band, service_tier)][day]
                 acc[0] += value or prompt + completion
                 acc[1] += prompt + completion
         return {k: {d: (w, t) for d, (w, t) in v.items()} for k, v in out.items()}

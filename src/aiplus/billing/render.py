@@ -22,6 +22,7 @@ _CSV_COLUMNS = (
     "model",
     "block",
     "band",
+    "service_tier",
     "for_month",
     "prompt_tokens",
     "completion_tokens",
@@ -51,6 +52,19 @@ def multiplier(bp: int) -> str:
     return f"{whole}.{rest:04d}".rstrip("0").rstrip(".") if rest else f"{whole}"
 
 
+def service_tier_name(name: str) -> str:
+    """A line's service tier as a bill shows it ("" is usage of a version that prices every tier alike)."""
+    return name or "any tier"
+
+
+def line_multipliers(line: dict) -> str:
+    """Block × time-of-use band (× service tier, where the line has one) multipliers: "×1.1 ×0.5 ×1.5"."""
+    out = f"×{multiplier(line['block_multiplier_bp'])} ×{multiplier(line['band_multiplier_bp'])}"
+    if line.get("service_tier"):
+        out += f" ×{multiplier(line['service_tier_multiplier_bp'])}"
+    return out
+
+
 def to_json(value) -> str:
     """Deterministic JSON (statements are built in one key order; closed ones are served as stored)."""
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -63,7 +77,7 @@ def statements_csv(docs: list[dict]) -> str:
     writer.writerow(_CSV_COLUMNS)
     for doc in docs:
         org, month = doc["org"]["id"], doc["month"]
-        blank = ["", "", "", "", "", "", ""]
+        blank = ["", "", "", "", "", "", "", ""]
         writer.writerow([org, month, "opening_balance", *blank, doc["opening_balance_micros"]])
         for line in doc["lines"]:
             writer.writerow(
@@ -75,6 +89,7 @@ def statements_csv(docs: list[dict]) -> str:
                     line["model"],
                     line["block"],
                     line["band"],
+                    line.get("service_tier", ""),
                     "",
                     line["prompt_tokens"],
                     line["completion_tokens"],
@@ -84,7 +99,7 @@ def statements_csv(docs: list[dict]) -> str:
         writer.writerow([org, month, "subsidy", *blank, -doc["subsidy"]["amount_micros"]])
         for adj in doc["adjustments"]:
             writer.writerow(
-                [org, month, "adjustment", "", "", "", "", adj["for_month"], "", "", adj["amount_micros"]]
+                [org, month, "adjustment", "", "", "", "", "", adj["for_month"], "", "", adj["amount_micros"]]
             )
         for paid in doc.get("vouchers", {}).get("by_programme", ()):
             writer.writerow([org, month, f"voucher:{paid['programme']}", *blank, -paid["amount_micros"]])
@@ -97,21 +112,26 @@ def statement_tables(doc: dict) -> list[tuple[str, list[str], list[list]]]:
     """One organization's statement as tables: the line items, then the summary."""
     org = doc["org"]
     title = f"{org['name'] or org['id']} ({org['id']}) — statement {doc['month']} ({doc['status']}, {doc['currency']})"
+    split = bool(doc.get("charge_by_service_tier"))  # only where a tariff prices service tiers differently
     lines = [
         [
             line["version"],
             line["model"],
             line["block"],
             line["band"],
+            *([service_tier_name(line["service_tier"])] if split else []),
             f"{line['prompt_tokens']:,}",
             f"{line['completion_tokens']:,}",
-            f"×{multiplier(line['block_multiplier_bp'])} ×{multiplier(line['band_multiplier_bp'])}",
+            line_multipliers(line),
             money(line["amount_micros"]),
         ]
         for line in doc["lines"]
     ]
     summary = [["opening balance", money(doc["opening_balance_micros"])]]
     summary.append(["usage charge", money(doc["charge_micros"])])
+    for part in doc.get("charge_by_service_tier", ()):
+        name = service_tier_name(part["service_tier"])
+        summary.append([f"  of which {name} ({part['tokens']:,} tokens)", money(part["amount_micros"])])
     summary.append(
         [f"lifeline tokens used ({doc['lifeline_tokens']:,})", f"value {money(doc['lifeline_value_micros'])}"]
     )
@@ -127,7 +147,8 @@ def statement_tables(doc: dict) -> list[tuple[str, list[str], list[list]]]:
         )
     summary.append(["amount due", money(doc["amount_due_micros"])])
     summary.append(["closing balance", money(doc["closing_balance_micros"])])
-    columns = ["version", "model", "block", "band", "prompt", "completion", "multiplier", "amount"]
+    columns = ["version", "model", "block", "band", *(["service tier"] if split else [])]
+    columns += ["prompt", "completion", "multiplier", "amount"]
     return [(title, columns, lines), (f"summary {doc['month']}", ["item", "amount"], summary)]
 
 
@@ -174,7 +195,13 @@ def _templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=money, share=share, multiplier=multiplier)
+    env.filters.update(
+        money=money,
+        share=share,
+        multiplier=multiplier,
+        multipliers=line_multipliers,
+        service_tier=service_tier_name,
+    )
     return env
 
 

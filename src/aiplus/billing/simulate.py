@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from aiplus.billing.balance import balance_of
 from aiplus.billing.errors import BillingError
 from aiplus.billing.months import parse_month
-from aiplus.billing.pricing import Cell, Priced, price_month
+from aiplus.billing.pricing import CELL_COLUMNS, Cell, Priced, price_month
 from aiplus.billing.render import money
 from aiplus.billing.statements import statements
 from aiplus.billing.tariff import Tariff, parse_tariff
@@ -32,13 +32,11 @@ def simulate(conn: sa.Connection, text: str, month: str, tiers, config: BillingC
     band_of = _band_map(load_versions(conn), proposal, month)
     u = usage_tou.c
     cells: dict[str, list[Cell]] = {}
-    query = sa.select(
-        u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
-    ).where(u.month == month)
-    for org, version_id, model, band, prompt, completion, cost in conn.execute(query):
+    query = sa.select(u.org_id, *CELL_COLUMNS).where(u.month == month)
+    for org, version_id, model, band, prompt, completion, cost, service_tier in conn.execute(query):
         proposed_band = band_of.get((version_id, band), band)
         cells.setdefault(org, []).append(
-            Cell(PROPOSED, model, proposed_band, int(prompt), int(completion), int(cost))
+            Cell(PROPOSED, model, proposed_band, int(prompt), int(completion), int(cost), service_tier)
         )
     current = statements(conn, month)
     proposed_docs, rows = [], []

@@ -21,9 +21,10 @@ from aiplus.billing.disbursement import Funder, vouchers_section, write_off
 from aiplus.billing.errors import BillingError, Conflict, NotFound
 from aiplus.billing.locks import serialize
 from aiplus.billing.months import month_end, next_month, parse_month, prev_month
-from aiplus.billing.pricing import Cell, Priced, price_month
+from aiplus.billing.pricing import CELL_COLUMNS, Cell, Priced, price_month
 from aiplus.billing.tariff import Tariff
 from aiplus.billing.versions import load_tariff, load_versions, tariff_for_month
+from aiplus.config import SERVICE_TIERS
 from aiplus.metering.tou import as_utc
 from aiplus.storage.db import transaction
 from aiplus.storage.tables import (
@@ -166,9 +167,7 @@ def _orgs(conn: sa.Connection, org_id: str | None) -> list[OrgInfo]:
 def _cells(conn: sa.Connection, month: str, org_id: str | None) -> dict[str, list[Cell]]:
     """The month's rollup rows per organization (ordered by org only to group them; pricing sorts the cells)."""
     u = usage_tou.c
-    query = sa.select(
-        u.org_id, u.version_id, u.model, u.band, u.prompt_tokens, u.completion_tokens, u.cost_micros
-    )
+    query = sa.select(u.org_id, *CELL_COLUMNS)
     query = query.where(u.month == month).order_by(u.org_id)
     if org_id is not None:
         query = query.where(u.org_id == org_id)
@@ -327,11 +326,31 @@ def _document(
         "lifeline_tokens": priced.lifeline_tokens,
         "lifeline_value_micros": priced.lifeline_value_micros,
         "charge_micros": priced.charge_micros,
+        "charge_by_service_tier": _by_service_tier(priced.lines),
         "subsidy": {"sector": org.sector, "share_bp": share, "amount_micros": priced.subsidy_micros},
         "adjustments": adjustments,
         "amount_due_micros": due,
         "closing_balance_micros": opening + due,
     }
+
+
+def _by_service_tier(lines: list[dict]) -> list[dict]:
+    """The charge split by service tier, when a tariff prices them differently (else empty: nothing to split).
+
+    Lines of a version that prices every tier alike (``service_tier`` "") stay together as one entry "", so
+    the entries always add up to the charge."""
+    if all(not line["service_tier"] for line in lines):
+        return []
+    sums: dict[str, list[int]] = {}
+    for line in lines:
+        acc = sums.setdefault(line["service_tier"], [0, 0])
+        acc[0] += line["prompt_tokens"] + line["completion_tokens"]
+        acc[1] += line["amount_micros"]
+    return [
+        {"service_tier": name, "tokens": sums[name][0], "amount_micros": sums[name][1]}
+        for name in (*SERVICE_TIERS, "")
+        if name in sums
+    ]
 
 
 def _funded(doc: dict, vouchers: dict) -> dict:

@@ -1,4 +1,5 @@
-"""A tariff document (TOML) parsed and validated into integers: prices, lifeline, rising blocks, bands, subsidies.
+"""A tariff document (TOML) parsed and validated into integers: prices, lifeline, rising blocks, bands, subsidies,
+service tiers.
 
 Multipliers and shares are written as decimals (``1.10``, ``0.5``) and read with ``Decimal`` (never float),
 then held as integer basis points (1.10 -> 11,000; 0.5 -> 5,000). Prices are integer micro-units per million
@@ -8,13 +9,13 @@ tokens, as in ``[[prices]]`` of ``aiplus.toml``. Every error names the field.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiplus.billing.errors import BillingError
-from aiplus.config import SECTORS
+from aiplus.config import SECTORS, SERVICE_TIERS
 
 BP = 10_000  # basis points in 1.0
 HOURS = 24
@@ -28,8 +29,9 @@ _TOP_KEYS = {
     "lifeline",
     "blocks",
     "bands",
+    "subsidy",
+    "service_tier",
 }
-_TOP_KEYS |= {"subsidy"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Tariff:
     subsidy_bp: dict[str, int]  # sector -> share of the charge the utility pays
     description: str = ""
     sources: tuple[str, ...] = ()
+    # service tier (priority, default, flex) -> price multiplier; a tier not named is priced at 1
+    service_tier_bp: dict[str, int] = field(default_factory=dict)
 
     def price(self, model: str) -> Price:
         """The model's own price, else the ``*`` price, else free."""
@@ -95,6 +99,16 @@ class Tariff:
     @cached_property
     def band_table(self) -> dict[str, int]:
         return {b.name: b.multiplier_bp for b in self.bands}
+
+    @cached_property
+    def service_tier_table(self) -> dict[str, int]:
+        """Every service tier's multiplier in basis points (1.0 unless the tariff names it)."""
+        return {name: self.service_tier_bp.get(name, BP) for name in SERVICE_TIERS}
+
+    @cached_property
+    def prices_service_tiers(self) -> bool:
+        """Whether service tiers cost differently; only then does a statement split its lines by them."""
+        return any(bp != BP for bp in self.service_tier_table.values())
 
     def segments(self, tier: str) -> list[tuple[str, int, int | None, int]]:
         """(name, from, to, multiplier_bp) over the month's cumulative tokens: the lifeline, then the blocks."""
@@ -151,6 +165,7 @@ def parse_tariff(text: str, tiers: tuple[str, ...] | list[str] | None = None) ->
         blocks=_blocks(raw.get("blocks")),
         bands=_bands(raw.get("bands")),
         subsidy_bp=_subsidy(raw.get("subsidy", {})),
+        service_tier_bp=_service_tiers(raw.get("service_tier", {})),
         description=str(raw.get("description", "")),
         sources=tuple(str(s) for s in raw.get("sources", ())),
     )
@@ -175,6 +190,8 @@ def _share_bp(value, field: str, *, at_most: int | None = None) -> int:
     """A decimal multiplier or share (``1.10``) as integer basis points; at most four decimals, never float."""
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
         raise BillingError(f"{field} must be a number like 1.10, not {value!r}", field)
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise BillingError(f"{field} must be a finite number like 1.10, not {value}", field)
     try:
         scaled = Decimal(value) * BP
     except InvalidOperation:
@@ -314,4 +331,27 @@ def _subsidy(value) -> dict[str, int]:
                 f"subsidy.{sector}",
             )
         out[sector] = _share_bp(share, f"subsidy.{sector}", at_most=BP)
+    return dict(sorted(out.items()))
+
+
+def _service_tiers(value) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise BillingError(
+            "service_tier must be a table of service tier = price multiplier (e.g. priority = 1.5)",
+            "service_tier",
+        )
+    out = {}
+    for tier, multiplier in value.items():
+        if tier not in SERVICE_TIERS:
+            hint = (
+                " (requests asking for auto are served, metered and priced as default)"
+                if tier == "auto"
+                else ""
+            )
+            raise BillingError(
+                f"service_tier.{tier}: unknown service tier {tier!r}; known service tiers: "
+                f"{', '.join(SERVICE_TIERS)}{hint}",
+                f"service_tier.{tier}",
+            )
+        out[tier] = _share_bp(multiplier, f"service_tier.{tier}")
     return dict(sorted(out.items()))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from aiplus.cli.shell import UserError, add_config_option, command, money, open_database, print_table
-from aiplus.config import SECTORS
+from aiplus.config import SECTORS, SERVICE_TIERS
 
 
 @command
 def usage(args: argparse.Namespace) -> None:
-    from aiplus.metering.usage import parse_day, query_usage, totals
+    from aiplus.metering.usage import parse_day, query_usage, totals, totals_by_service_tier
 
     try:
         start, end = parse_day(args.since, "--since"), parse_day(args.until, "--until")
@@ -26,12 +26,23 @@ def usage(args: argparse.Namespace) -> None:
             start=start,
             end=end,
             group_by=args.by,
+            service_tier=args.service_tier,
+            by_service_tier=args.by_service_tier,
         )
-    t = totals(rows)
-    body = [[r["period"], r["org_id"], r["model"], *_counts(r), money(r["cost_micros"])] for r in rows] + [
-        ["total", "", "", *_counts(t), money(t["cost_micros"])]
+    split = args.by_service_tier
+    body = [
+        [r["period"], r["org_id"], r["model"], *([r["service_tier"]] if split else []), *_counts(r)]
+        + [money(r["cost_micros"])]
+        for r in rows
     ]
-    columns = [args.by, "org", "model", "requests", "failed", "tools", "prompt", "completion", "cost"]
+    if split:  # a total per service tier, then the grand total
+        for name, t in totals_by_service_tier(rows).items():
+            if t["requests"]:
+                body.append(["total", "", "", name, *_counts(t), money(t["cost_micros"])])
+    t = totals(rows)
+    body.append(["total", "", "", *([""] if split else []), *_counts(t), money(t["cost_micros"])])
+    columns = [args.by, "org", "model", *(["service tier"] if split else [])]
+    columns += ["requests", "failed", "tools", "prompt", "completion", "cost"]
     print_table("usage (from the daily rollups, UTC)", columns, body)
 
 
@@ -56,4 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", help="first day, inclusive (YYYY-MM-DD, UTC)")
     p.add_argument("--until", help="last day, inclusive")
     p.add_argument("--by", choices=("day", "month"), default="day")
+    p.add_argument("--service-tier", choices=SERVICE_TIERS, help="only requests served in this service tier")
+    p.add_argument(
+        "--by-service-tier", action="store_true", help="a row per service tier, and a total for each"
+    )
     p.set_defaults(func=usage)

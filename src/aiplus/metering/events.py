@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
+from aiplus.config import SERVICE_TIERS
 from aiplus.metering.tou import add_to_tou
 from aiplus.storage.db import dialect_insert as _insert
 from aiplus.storage.db import transaction
@@ -33,6 +34,9 @@ class UsageEvent:
     ttft_ms: int | None
     duration_ms: int
     cost_micros: int
+    # The band it was served in: OpenAI's service_tier as the dispatcher resolved it (``auto`` is ``default``).
+    # A request refused before its band was known (an invalid service_tier) is ``default``.
+    service_tier: str = "default"
 
     def to_row(self) -> dict:
         """The row to insert; ValueError if the event cannot be one (the ledger then keeps it aside)."""
@@ -42,6 +46,11 @@ class UsageEvent:
         for name in ("request_id", "org_id", "model", "endpoint", "status"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"usage event {self.request_id!r}: {name} must be a string")
+        if self.service_tier not in SERVICE_TIERS:
+            raise ValueError(
+                f"usage event {self.request_id!r}: service_tier={self.service_tier!r:.40} is not one of "
+                f"{', '.join(SERVICE_TIERS)}"
+            )
         return {
             "request_id": self.request_id,
             "org_id": self.org_id,
@@ -56,19 +65,22 @@ class UsageEvent:
             "ttft_ms": None if self.ttft_ms is None else _amount(self, "ttft_ms"),
             "duration_ms": _amount(self, "duration_ms"),
             "cost_micros": _amount(self, "cost_micros"),
+            "service_tier": self.service_tier,
         }
 
     @classmethod
     def from_row(cls, row: dict) -> UsageEvent:
+        """An event from a row or a journal line (lines written before service tiers existed read as default)."""
         started = row["started_at"]
         if isinstance(started, str):
             started = datetime.fromisoformat(started)
         if started.tzinfo is None:  # SQLite hands back naive datetimes; the ledger stores UTC only
             started = started.replace(tzinfo=UTC)
-        return cls(**{**{k: row[k] for k in _FIELDS}, "started_at": started})
+        fields = {k: row[k] for k in _REQUIRED}
+        return cls(**fields, started_at=started, service_tier=row.get("service_tier", "default"))
 
 
-_FIELDS = tuple(UsageEvent.__slots__)
+_REQUIRED = tuple(k for k in UsageEvent.__slots__ if k not in ("started_at", "service_tier"))
 MAX_AMOUNT = 2**63 - 1  # a BIGINT on PostgreSQL and SQLite alike
 
 
@@ -106,9 +118,9 @@ def write_events(conn: sa.Connection, events: list[UsageEvent]) -> int:
 
 
 def _add_to_rollups(conn: sa.Connection, rows: list[dict]) -> None:
-    sums: dict[tuple[date, str, str, str], list[int]] = {}
+    sums: dict[tuple[date, str, str, str, str], list[int]] = {}
     for row in rows:
-        key = (row["started_at"].date(), row["org_id"], row["model"], row["status"])
+        key = (row["started_at"].date(), row["org_id"], row["model"], row["status"], row["service_tier"])
         acc = sums.setdefault(key, [0, 0, 0, 0, 0])
         acc[0] += 1
         acc[1] += 1 if row["used_tools"] else 0
@@ -121,18 +133,21 @@ def _add_to_rollups(conn: sa.Connection, rows: list[dict]) -> None:
             "org_id": org,
             "model": model,
             "status": status,
+            "service_tier": service_tier,
             "requests": acc[0],
             "tool_requests": acc[1],
             "prompt_tokens": acc[2],
             "completion_tokens": acc[3],
             "cost_micros": acc[4],
         }
-        for (day, org, model, status), acc in sorted(sums.items())  # one order everywhere: no deadlocks
+        for (day, org, model, status, service_tier), acc in sorted(
+            sums.items()
+        )  # one order everywhere: no deadlocks
     ]
     stmt = _insert(conn, usage_daily)
     counters = ("requests", "tool_requests", "prompt_tokens", "completion_tokens", "cost_micros")
     stmt = stmt.on_conflict_do_update(
-        index_elements=["day", "org_id", "model", "status"],
+        index_elements=["day", "org_id", "model", "status", "service_tier"],
         set_={name: usage_daily.c[name] + stmt.excluded[name] for name in counters},
     )
     conn.execute(stmt, params)

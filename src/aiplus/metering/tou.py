@@ -1,4 +1,6 @@
-"""The time-of-use rollup: usage by local month, tariff version and time-of-use band, written with the events.
+"""The time-of-use rollup: usage by local month, tariff version, time-of-use band and service tier, written with the
+events. ``band`` here is the tariff's time-of-use band (by local hour); ``service_tier`` is the scheduling band
+the request was served in (OpenAI's ``service_tier``), which a tariff may price with its own multiplier.
 
 Statements read this table, never the raw events. Which band and which month an event falls in depends on the
 tariff version in force when it started (its time zone and the band of each local hour); billing adopts
@@ -59,12 +61,13 @@ def as_utc(value: datetime) -> datetime:
 def add_to_tou(conn: sa.Connection, rows: list[dict]) -> None:
     """Add new event rows (already inserted in this transaction) to ``usage_tou``; rows without tokens add nothing."""
     calendar = Calendar.load(conn)
-    sums: dict[tuple[str, str, int, str, str], list[int]] = {}
+    sums: dict[tuple[str, str, int, str, str, str], list[int]] = {}
     for row in rows:
         if row["prompt_tokens"] + row["completion_tokens"] <= 0:
             continue
         version_id, month, band = calendar.classify(row["started_at"])
-        acc = sums.setdefault((month, row["org_id"], version_id, row["model"], band), [0, 0, 0, 0])
+        key = (month, row["org_id"], version_id, row["model"], band, row["service_tier"])
+        acc = sums.setdefault(key, [0, 0, 0, 0])
         acc[0] += 1
         acc[1] += row["prompt_tokens"]
         acc[2] += row["completion_tokens"]
@@ -78,17 +81,20 @@ def add_to_tou(conn: sa.Connection, rows: list[dict]) -> None:
             "version_id": version_id,
             "model": model,
             "band": band,
+            "service_tier": service_tier,
             "requests": acc[0],
             "prompt_tokens": acc[1],
             "completion_tokens": acc[2],
             "cost_micros": acc[3],
         }
-        for (month, org, version_id, model, band), acc in sorted(sums.items())  # one lock order: no deadlocks
+        for (month, org, version_id, model, band, service_tier), acc in sorted(
+            sums.items()
+        )  # one lock order: no deadlocks
     ]
     stmt = dialect_insert(conn, usage_tou)
     counters = ("requests", "prompt_tokens", "completion_tokens", "cost_micros")
     stmt = stmt.on_conflict_do_update(
-        index_elements=["month", "org_id", "version_id", "model", "band"],
+        index_elements=["month", "org_id", "version_id", "model", "band", "service_tier"],
         set_={name: usage_tou.c[name] + stmt.excluded[name] for name in counters},
     )
     conn.execute(stmt, params)

@@ -46,10 +46,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from aiplus.config import SERVICE_TIERS as BANDS
 from aiplus.scheduling.cost import CostModel
 
 POLICIES = ("fair", "fcfs")
-BANDS = ("priority", "default", "flex")  # highest first
 SERVICE_TIERS = {"priority": "priority", "default": "default", "auto": "default", "flex": "flex"}
 DEFAULT_BAND_FLOORS = {"default": 0.2, "flex": 0.1}
 

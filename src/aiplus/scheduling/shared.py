@@ -29,6 +29,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from aiplus.scheduling.fair_queue import BANDS
+
 if TYPE_CHECKING:
     from aiplus.scheduling.dispatcher import Dispatcher
 
@@ -136,7 +138,7 @@ class SharedFairShare:
         queue = dispatcher.queue
         queue.on_charge = self._charged
         queue.on_activate = self._activated
-        self._ranks = {name: i for i, name in enumerate(("priority", "default", "flex"))}
+        self._ranks = {name: i for i, name in enumerate(BANDS)}
 
     def _charged(self, band: str, org: str, amount: float) -> None:
         field = f"{band}|{org}"

@@ -56,11 +56,13 @@ usage_events = sa.Table(
     sa.Column("ttft_ms", sa.Integer, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=False),
     sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    # the band the request was served in (OpenAI's service_tier): priority, default or flex
+    sa.Column("service_tier", sa.String(16), nullable=False, server_default="default"),
     sa.Index("ix_usage_events_org_started", "org_id", "started_at"),
     sa.Index("ix_usage_events_started", "started_at"),
 )
 
-# One row per (day, org, model, status): reports and adoption read this, never the raw events.
+# One row per (day, org, model, status, service tier): reports and adoption read this, never the raw events.
 usage_daily = sa.Table(
     "usage_daily",
     metadata,
@@ -68,6 +70,7 @@ usage_daily = sa.Table(
     sa.Column("org_id", sa.String(64), primary_key=True),
     sa.Column("model", sa.String(200), primary_key=True),
     sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("service_tier", sa.String(16), primary_key=True, server_default="default"),
     sa.Column("requests", sa.BigInteger, nullable=False),
     sa.Column("tool_requests", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
@@ -134,7 +137,8 @@ tariff_versions = sa.Table(
     sa.Column("adopted_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# One row per (local month, org, tariff version, model, time-of-use band); version 0 = no tariff in force.
+# One row per (local month, org, tariff version, model, time-of-use band, service tier); version 0 = no tariff in
+# force. ``band`` is the tariff's time-of-use band; ``service_tier`` the scheduling band the request was served in.
 usage_tou = sa.Table(
     "usage_tou",
     metadata,
@@ -143,6 +147,7 @@ usage_tou = sa.Table(
     sa.Column("version_id", sa.Integer, primary_key=True),
     sa.Column("model", sa.String(200), primary_key=True),
     sa.Column("band", sa.String(32), primary_key=True),
+    sa.Column("service_tier", sa.String(16), primary_key=True, server_default="default"),
     sa.Column("requests", sa.BigInteger, nullable=False),
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
     sa.Column("completion_tokens", sa.BigInteger, nullable=False),

@@ -39,6 +39,9 @@ DEFAULT_TOP_P = 0.95
 # token reservation all that time; OpenAI's default (the context) is one setting away: default_max_tokens.
 DEFAULT_MAX_TOKENS = 1024
 KV_BUDGET_TOKENS = 32768  # default KV cells of all sequences together (see default_context)
+HOLD_S = (
+    0.25  # a request answered in one body hears from its sequence at most this often (see Decoder._deliver)
+)
 INLINE_PROMPT_CHARS = 4096  # longer prompts are templated and tokenized off the event loop
 
 
@@ -294,6 +297,8 @@ class LlamaCppEngine(Engine):
             sampler,
             loop,
             events.put_nowait,
+            hold_s=0.0 if request.stream else HOLD_S,
+            greedy=sampling.temperature <= 0 and sampling.grammar is None,
         )
         self._decoder.submit(sequence)
         try:

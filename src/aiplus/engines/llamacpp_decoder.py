@@ -37,6 +37,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import llama_cpp as lib
+import numpy
 
 TOP_K = 40  # llama-cpp-python's defaults, kept so a seeded answer matches what its high-level API samples
 MIN_P = 0.05
@@ -75,8 +76,14 @@ class Sequence:
         sampler: Any,
         loop: asyncio.AbstractEventLoop,
         put: Callable[[Event], None],
+        hold_s: float = 0.0,
+        greedy: bool = False,
     ):
         self.prompt = prompt
+        self.hold_s = hold_s  # after the first event, merge events for this long (see ``Decoder._deliver``)
+        self.greedy = greedy  # its sampler only takes the most likely token: argmax, without the sampler
+        self.pending: Event | None = None
+        self.sent_at: float | None = None
         self.max_tokens = max_tokens
         self.stops = [s for s in stops if s]
         self.sampler = sampler
@@ -138,6 +145,17 @@ def choose_slot(free: list[int], running: set[int], kept: list[list[int]], promp
     """The free slot for a new sequence: the fewest runs of consecutive running slots, then the longest prefix of
     ``prompt`` kept in it, then the lowest id (see ``Decoder._admit``)."""
     return min(free, key=lambda s: (_runs(running | {s}), -_common_prefix(kept[s], prompt), s))
+
+
+def _merged(earlier: Event, later: Event) -> Event:
+    return Event(
+        text=earlier.text + later.text,
+        tokens=earlier.tokens + later.tokens,
+        finish_reason=later.finish_reason,
+        error=later.error,
+        completion_tokens=later.completion_tokens,
+        engine_s=later.engine_s,
+    )
 
 
 def _runs(slots: set[int]) -> int:
@@ -336,7 +354,13 @@ class Decoder:
         return True
 
     def _sample(self, sequence: Sequence, row: int) -> None:
-        token = lib.llama_sampler_sample(sequence.sampler, self.ctx, row)
+        if (
+            sequence.greedy
+        ):  # what the greedy sampler picks (the first highest logit), without copying them all
+            logits = numpy.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+            token = int(logits.argmax())
+        else:
+            token = lib.llama_sampler_sample(sequence.sampler, self.ctx, row)
         n = lib.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         event = sequence.accept(
             token, self._piece.raw[: max(n, 0)], lib.llama_vocab_is_eog(self.vocab, token), self.n_ctx_seq
@@ -344,7 +368,23 @@ class Decoder:
         if sequence.done:
             self._release(sequence, event)
         elif event is not None:
-            self._outbox.append((sequence, event))
+            self._deliver(sequence, event)
+
+    def _deliver(self, sequence: Sequence, event: Event, final: bool = False) -> None:
+        """Queue ``event`` for its consumer, or merge it into the next one when the sequence holds its events.
+
+        A request answered in one body (not streamed) needs its first event (time to first token) and its last;
+        the ones between only keep its counters current. Merging them for ``hold_s`` spares the event loop a
+        wake-up per step, which on a machine with as many cores as decoding threads takes a core from llama.cpp
+        in the middle of a decode."""
+        now = time.perf_counter()
+        if not final and sequence.sent_at is not None and now - sequence.sent_at < sequence.hold_s:
+            sequence.pending = event if sequence.pending is None else _merged(sequence.pending, event)
+            return
+        if sequence.pending is not None:
+            event, sequence.pending = _merged(sequence.pending, event), None
+        sequence.sent_at = now
+        self._outbox.append((sequence, event))
 
     def _release(self, sequence: Sequence, event: Event | None) -> None:
         if sequence in self._running:
@@ -357,7 +397,7 @@ class Decoder:
             sequence.sampler = None
         sequence.done = True
         if event is not None:
-            self._outbox.append((sequence, event))
+            self._deliver(sequence, event, final=True)
 
     def _flush(self) -> None:
         """Hand the step's events to their event loops, one wake-up per loop and step: a wake-up per token

@@ -368,3 +368,34 @@ def test_embedding_batches_are_limited_per_input(client, raw):
         raw.post("/v1/embeddings", json={"model": DEFAULT_MODEL, "input": ["ok", "word " * 3000]}), 400
     )
     assert err["param"] == "input" and "input[1]" in err["message"]
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens(client):
+    """The embedded engine reuses a slot's kept prompt (issue 16) and says so, as OpenAI does, in
+    ``usage.prompt_tokens_details.cached_tokens`` (chat, streamed usage) and ``input_tokens_details`` (Responses)."""
+    messages = [
+        {"role": "system", "content": "You answer questions about the water utility of a small town. " * 8},
+        {"role": "user", "content": "When is the office open?"},
+    ]
+    first = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, max_tokens=4)
+    again = client.chat.completions.create(model=DEFAULT_MODEL, messages=messages, max_tokens=4)
+    prompt = first.usage.prompt_tokens
+    assert again.usage.prompt_tokens == prompt
+    assert prompt - 2 <= again.usage.prompt_tokens_details.cached_tokens < prompt
+    stream = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=messages,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage for chunk in stream if chunk.usage][-1]
+    assert prompt - 2 <= usage.prompt_tokens_details.cached_tokens < prompt
+    instructions, question = messages[0]["content"], messages[1]["content"]
+    client.responses.create(
+        model=DEFAULT_MODEL, instructions=instructions, input=question, max_output_tokens=4
+    )
+    response = client.responses.create(
+        model=DEFAULT_MODEL, instructions=instructions, input=question, max_output_tokens=4
+    )
+    assert 0 < response.usage.input_tokens_details.cached_tokens < response.usage.input_tokens

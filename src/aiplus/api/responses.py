@@ -120,6 +120,9 @@ class ResponseRenderer:
         body = self._body("incomplete" if incomplete else "completed")
         body["output"] = self.writer.items
         body["usage"] = usage(self.call.prompt_tokens, self.call.completion_tokens)
+        if self.call.cached_tokens:
+            cached = min(self.call.cached_tokens, self.call.prompt_tokens)
+            body["usage"]["input_tokens_details"]["cached_tokens"] = cached
         if incomplete:
             body["incomplete_details"] = {"reason": "max_output_tokens"}
         return body, events

@@ -134,6 +134,7 @@ class Call:
 
     __slots__ = (
         "band",
+        "cached_tokens",
         "completion_tokens",
         "endpoint",
         "finished",
@@ -166,6 +167,7 @@ class Call:
         self.started_at = datetime.now(UTC)
         self.first_token: float | None = None
         self.prompt_tokens = 0
+        self.cached_tokens: int | None = None  # of prompt_tokens, served from the engine's prefix cache
         self.completion_tokens = 0
         self.reservation: Any = None
         self.lease: Any = None
@@ -329,7 +331,9 @@ class Call:
         )
 
     def _account(self, delta: Delta) -> None:
-        if delta.cached_tokens or delta.engine_s is not None:  # for the scheduler's cost model only
+        if delta.cached_tokens is not None:
+            self.cached_tokens = delta.cached_tokens
+        if delta.cached_tokens or delta.engine_s is not None:  # for the scheduler's cost model
             self.lease.engine_report(delta.cached_tokens, delta.engine_s)
         if delta.tokens:
             self.completion_tokens += delta.tokens
@@ -369,7 +373,14 @@ class Call:
             return EventStream(events, {**self.headers, **SSE_HEADERS}, self._abandon(batches))
         body = await self._settled(inline_until_disconnect(self._whole(gen, echo), self.request.receive))
         body["service_tier"] = self.band
+        self._cached_details(body.get("usage"))
         return json_response(body, headers=self.headers)
+
+    def _cached_details(self, usage: dict[str, Any] | None) -> None:
+        """Say in an answer's usage how many prompt tokens the engine's prefix cache served, as OpenAI does
+        (``prompt_tokens_details.cached_tokens``), when the engine said."""
+        if usage is not None and self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, self.prompt_tokens)}
 
     async def render(self, gen: GenerationRequest, renderer: Renderer) -> Response:
         """Like ``run``, but the answer (a JSON body, or SSE events when ``gen.stream``) is ``renderer``'s."""
@@ -556,6 +567,7 @@ class Call:
                 usage = protocol.usage_chunk(
                     rid, created, model_id, obj, self.prompt_tokens, self.completion_tokens
                 )
+                self._cached_details(usage["usage"])
                 tail.append(sse({**usage, "service_tier": self.band}))
             tail.append(DONE)
             status = "ok"  # before the last write: a client that leaves now has had its whole answer

@@ -119,6 +119,13 @@ def test_onboard_an_org_watch_its_calls_and_its_portal(web_server, context, brow
     eventually(in_usage)
     expect(page.locator("#usage tfoot")).to_contain_text(str(answer.usage.total_tokens))
     shot(page, "usage")
+    # by service tier: the call was served in the default band, none in flex
+    page.get_by_label("Service tier").select_option("flex")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#usage tbody")).not_to_contain_text(DEFAULT_MODEL)
+    page.get_by_label("Service tier").select_option("default")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#usage tbody")).to_contain_text(DEFAULT_MODEL)
 
     # change its tier
     page.goto(f"{web_server.url}/admin/ui/orgs/{org_id}")

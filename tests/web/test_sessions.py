@@ -232,3 +232,12 @@ def test_a_refused_form_says_why_and_keeps_what_was_typed(server):
     assert r.status_code == 400 and "unknown sector" in r.text
     r = client.post("/admin/ui/orgs/no-such-org/tier", data={"csrf": token, "tier": "batch"})
     assert r.status_code == 404 and "no organization" in r.text
+
+
+def test_a_usage_filter_that_is_not_one_is_a_400_page_that_says_why(server):
+    client, _ = admin_client(server)
+    page = client.get("/admin/ui/usage", params={"service_tier": "turbo"})
+    assert page.status_code == 400 and "service tier must be one of priority, default, flex" in page.text
+    page = client.get("/admin/ui/usage", params={"start": "2026-13-01"})
+    assert page.status_code == 400
+    assert client.get("/admin/ui/usage", params={"service_tier": "flex"}).status_code == 200

@@ -21,7 +21,7 @@ from aiplus.adoption.report import build_report
 from aiplus.api.live import live_snapshot
 from aiplus.api.pages import error_status, in_transaction, read_form, redirect, render
 from aiplus.api.sessions import Session, client_address, web_state
-from aiplus.config import SECTORS
+from aiplus.config import SECTORS, SERVICE_TIERS
 from aiplus.metering.usage import parse_day, query_usage, totals
 from aiplus.tenancy import changes
 from aiplus.tenancy.errors import Invalid, TenancyError
@@ -281,11 +281,14 @@ async def usage_page(request: Request) -> Response:
         return redirect(f"{ROOT}/signin")
     q = request.query_params
     filters = {
-        name: q.get(name, "").strip() for name in ("org_id", "model", "sector", "tier", "start", "end")
+        name: q.get(name, "").strip()
+        for name in ("org_id", "model", "sector", "tier", "service_tier", "start", "end")
     }
     group_by = q.get("group_by") if q.get("group_by") in ("day", "month") else "month"
     try:
         start, end = parse_day(filters["start"], "start"), parse_day(filters["end"], "end")
+        if filters["service_tier"] not in ("", *SERVICE_TIERS):
+            raise ValueError(f"service tier must be one of {', '.join(SERVICE_TIERS)}")
     except ValueError as exc:
         return admin_page(request, session, "admin/usage.html", 400, rows=[], totals=None, filters=filters,
                      group_by=group_by, error=str(exc), more=False)  # fmt: skip
@@ -296,6 +299,7 @@ async def usage_page(request: Request) -> Response:
         model=filters["model"] or None,
         sector=filters["sector"] or None,
         tier=filters["tier"] or None,
+        service_tier=filters["service_tier"] or None,
         start=start,
         end=end,
         group_by=group_by,
@@ -311,6 +315,7 @@ async def usage_page(request: Request) -> Response:
         filters=filters,
         group_by=group_by,
         models=list(request.app.state.services.models),
+        service_tiers=SERVICE_TIERS,
     )
 
 

@@ -18,6 +18,8 @@ def test_budget_grows_while_full_and_the_engine_queue_is_empty_and_falls_to_what
     assert budget.update(EngineLoad(waiting=0, running=1), in_flight=1) == 2  # not full: hold
     assert budget.update(EngineLoad(waiting=0, running=2, kv_usage=0.95), in_flight=2) == 2  # KV full: hold
     assert budget.update(None, in_flight=2) == 2  # no signal: hold
+    # aiplus has 2 in flight but the engine shows 1 running (a scrape behind, a request on its way): hold
+    assert budget.update(EngineLoad(waiting=0, running=1), in_flight=2) == 2
     for _ in range(20):
         budget.update(EngineLoad(waiting=0, running=budget.budget), in_flight=budget.budget)
     assert budget.budget == 10  # bounded

@@ -3,7 +3,8 @@
 A fixed ``max_concurrency`` is a guess: too high and the surplus waits in the engine's own FIFO queue, where
 fairness cannot reach; too low and the GPU idles. ``AdaptiveBudget`` reads what the engine publishes
 (``EngineLoad``: requests waiting inside it, requests running, KV cache in use) and keeps the budget at the
-edge: one more while the budget is full, nothing waits inside the engine and its KV cache has room; down to
+edge: one more while the budget is full (in aiplus's count and, when it says, in the engine's own), nothing
+waits inside the engine and its KV cache has room; down to
 what the engine actually runs as soon as requests wait inside it. The queue thus stays in aiplus, where the
 fair counter orders it. With a hidden capacity C the budget alternates between C and C + 1 and the engine's
 own queue averages well under one request (``bench/fairness.py``, "Adaptive budget").
@@ -46,7 +47,13 @@ class AdaptiveBudget:
         if load.waiting >= 1:
             running = load.running if load.running is not None else max(0.0, in_flight - load.waiting)
             self.budget = max(self.minimum, min(self.budget - 1, int(running)))
-        elif in_flight >= self.budget and (load.kv_usage is None or load.kv_usage < KV_HIGH):
+        elif (
+            in_flight >= self.budget
+            # the engine itself runs the whole budget: a request aiplus just added, not yet in the engine's
+            # /metrics (a scrape that lags, a request still on its way), must not count as room to grow into
+            and (load.running is None or load.running >= self.budget)
+            and (load.kv_usage is None or load.kv_usage < KV_HIGH)
+        ):
             self.budget = min(self.maximum, self.budget + 1)
         return self.budget
 
